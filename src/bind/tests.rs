@@ -1,0 +1,189 @@
+use super::*;
+use crate::kind::FdKind;
+use std::os::unix::net::UnixListener;
+
+fn spec(s: &str) -> ListenerSpec {
+    s.parse().unwrap()
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fdstore-bind-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free loopback port below the ephemeral range.
+fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = 20000
+            + (rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec as u16
+                % 10000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("::1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+#[test]
+fn tcp_listener_is_listening_and_cloexec() {
+    let port = free_port();
+    let fd = spec(&format!("web=tcp:127.0.0.1:{port},backlog=8"))
+        .bind()
+        .unwrap();
+    assert_eq!(fd.name(), "web");
+    assert_eq!(fd.kind().unwrap(), FdKind::TcpListener);
+    assert!(crate::sys::fd::is_cloexec(&fd).unwrap());
+    let listener = std::net::TcpListener::from(fd.into_fd());
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(listener.accept().is_ok());
+}
+
+#[test]
+fn ipv6_v6only_and_reuseport_are_applied() {
+    let port = free_port();
+    let fd = spec(&format!("w=tcp:[::1]:{port},v6only,reuseport,freebind"))
+        .bind()
+        .unwrap();
+    assert!(sockopt::ipv6_v6only(&fd).unwrap());
+    assert!(sockopt::socket_reuseport(&fd).unwrap());
+    assert!(sockopt::ipv6_freebind(&fd).unwrap());
+    // reuseport lets a second socket bind the same port.
+    assert!(spec(&format!("w=tcp:[::1]:{port},v6only,reuseport"))
+        .bind()
+        .is_ok());
+}
+
+#[test]
+fn udp_socket() {
+    let port = free_port();
+    let fd = spec(&format!("d=udp:127.0.0.1:{port},freebind"))
+        .bind()
+        .unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UdpSocket);
+    assert!(sockopt::ip_freebind(&fd).unwrap());
+}
+
+#[test]
+fn address_in_use_has_a_hint() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = spec(&format!("web=tcp:127.0.0.1:{port}"))
+        .bind()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("binding 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("another socket is bound there"), "{text}");
+}
+
+#[test]
+fn unix_path_with_mode_and_owner() {
+    let dir = temp_dir();
+    let path = dir.join("api.sock");
+    let fd = spec(&format!(
+        "api=unix:{},mode=0640,owner=0,group=root",
+        path.display()
+    ))
+    .bind()
+    .unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UnixListener);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn stale_unix_socket_is_replaced() {
+    let dir = temp_dir();
+    let path = dir.join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
+    assert!(path.exists());
+    let fd = spec(&format!("s=unix:{}", path.display())).bind().unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UnixListener);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn live_unix_socket_is_not_replaced() {
+    let dir = temp_dir();
+    let path = dir.join("live.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    let err = spec(&format!("s=unix:{}", path.display()))
+        .bind()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a live socket is listening there"),
+        "{err}"
+    );
+    // The live one still works.
+    let _c = UnixStream::connect(&path).unwrap();
+    assert!(live.accept().is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn regular_file_is_never_removed() {
+    let dir = temp_dir();
+    let path = dir.join("data");
+    std::fs::write(&path, b"precious").unwrap();
+    let err = spec(&format!("s=unix:{}", path.display()))
+        .bind()
+        .unwrap_err();
+    assert!(err.to_string().contains("it is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_owner_fails_and_leaves_no_file() {
+    let dir = temp_dir();
+    let path = dir.join("o.sock");
+    let err = spec(&format!(
+        "s=unix:{},owner=no-such-user-fdstore",
+        path.display()
+    ))
+    .bind()
+    .unwrap_err();
+    assert!(err.to_string().contains("no such user"), "{err}");
+    assert!(!path.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_directory_has_a_hint() {
+    let err = spec("s=unix:/nonexistent-fdstore-dir/s.sock")
+        .bind()
+        .unwrap_err();
+    assert!(err.to_string().contains("RuntimeDirectory="), "{err}");
+}
+
+#[test]
+fn abstract_and_datagram_sockets() {
+    let name = format!("fdstore-bind-test-{}", std::process::id());
+    let fd = spec(&format!("c=unix:@{name}")).bind().unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UnixListener);
+    let dir = temp_dir();
+    let path = dir.join("d.sock");
+    let fd = spec(&format!("d=unix-dgram:{}", path.display()))
+        .bind()
+        .unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UnixDatagram);
+    drop(fd);
+    // A datagram socket file left behind is stale too.
+    assert!(spec(&format!("d=unix-dgram:{}", path.display()))
+        .bind()
+        .is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}

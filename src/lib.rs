@@ -1,0 +1,52 @@
+//! # fdstore: zero-downtime reloads for systemd services
+//!
+//! The building blocks that fdstore-exec is made of, for Rust services that
+//! want them in-process:
+//!
+//! - [`ListenFds`]: receive descriptors passed with `LISTEN_FDS`,
+//!   `LISTEN_FDNAMES` and `LISTEN_PID` (socket units, the fd store, or the
+//!   previous generation), and look them up by name as typed sockets.
+//! - [`Notifier`]: tell the service manager about readiness, status, reloads and
+//!   the main process, and put descriptors into the unit's fd store.
+//! - [`ListenerSpec`]: describe a listener as `NAME=KIND:ADDRESS[,OPTION]...` and
+//!   create it.
+//!
+//! ```no_run
+//! use fdstore::{FdPoll, ListenFds, ListenerSpec, Notifier, Notification, UnsetEnv};
+//! use std::os::fd::AsFd;
+//!
+//! let notifier = Notifier::from_env()?;
+//! let mut fds = ListenFds::from_env(UnsetEnv::Yes)?;
+//! // Inherited from systemd if it passed one named "web", created otherwise
+//! // and put into the fd store so it survives restarts.
+//! let web = if fds.contains("web") {
+//!     fds.tcp_listener("web")?
+//! } else {
+//!     let spec: ListenerSpec = "web=tcp:[::]:8080".parse()?;
+//!     let fd = spec.bind()?;
+//!     notifier.store_fds("web", &[fd.as_fd()], FdPoll::Watch)?;
+//!     std::net::TcpListener::from(fd.into_fd())
+//! };
+//! notifier.notify(&[Notification::Ready, Notification::Status("serving")])?;
+//! # drop(web);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod bind;
+mod kind;
+mod listen;
+mod name;
+mod notify;
+mod spec;
+mod sys;
+
+pub use bind::{BindError, DEFAULT_BACKLOG};
+pub use kind::{FdKind, WrongKind};
+pub use listen::{ListenError, ListenFds, NamedFd, UnsetEnv, LISTEN_FDS_START, UNKNOWN_NAME};
+pub use name::{check_fd_name, FD_NAME_MAX};
+pub use notify::{
+    monotonic_usec, Delivery, FdPoll, Notification, Notifier, NotifyError, MAX_FDS_PER_MESSAGE,
+};
+pub use spec::{Endpoint, ListenerSpec, Options, SpecError, Transport};

@@ -1,0 +1,88 @@
+//! Taking ownership of inherited descriptors and setting their flags.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+
+/// Takes ownership of descriptor `raw`, which was inherited across `exec`
+/// under the `LISTEN_FDS` protocol, after checking that it is open, and marks
+/// it close-on-exec.
+///
+/// Fails with `EBADF` when the descriptor is not open, without taking
+/// anything.
+///
+/// # Safety
+///
+/// The caller promises that nothing else in this process owns `raw`: no
+/// `OwnedFd`, `File`, socket or other object wraps it, and nobody will close
+/// it behind the returned `OwnedFd`'s back.
+///
+/// See [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html).
+pub(crate) unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc_ebadf()));
+    }
+    // SAFETY: the borrow lives only for the two `fcntl` calls below, which
+    // merely read and set descriptor flags; if `raw` is not open the kernel
+    // answers EBADF and nothing is touched.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let flags = fcntl_getfd(borrowed)?;
+    fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC)?;
+    // SAFETY: `raw` is open (F_GETFD succeeded) and the caller guarantees that
+    // nothing else owns it, so the new `OwnedFd` is its sole owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Whether the descriptor is marked close-on-exec.
+#[cfg(test)]
+pub(crate) fn is_cloexec(fd: impl AsFd) -> io::Result<bool> {
+    Ok(fcntl_getfd(fd.as_fd())?.contains(FdFlags::CLOEXEC))
+}
+
+/// Marks a descriptor close-on-exec, or clears the mark (for a descriptor that
+/// is about to be handed to a child on purpose).
+pub(crate) fn set_cloexec(fd: impl AsFd, cloexec: bool) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let mut flags = fcntl_getfd(fd)?;
+    flags.set(FdFlags::CLOEXEC, cloexec);
+    fcntl_setfd(fd, flags)?;
+    Ok(())
+}
+
+const fn libc_ebadf() -> i32 {
+    9 // EBADF on every Linux architecture
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn take_inherited_rejects_a_closed_descriptor() {
+        // Far above anything the test process opens, so no other test thread
+        // can have it open.
+        let raw = 900_000;
+        // SAFETY: nothing in this process owns descriptor 900000.
+        let err = unsafe { take_inherited(raw) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc_ebadf()));
+    }
+
+    #[test]
+    fn take_inherited_rejects_negative_numbers() {
+        // SAFETY: a negative number can never be owned.
+        assert!(unsafe { take_inherited(-1) }.is_err());
+    }
+
+    #[test]
+    fn take_inherited_sets_close_on_exec() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        set_cloexec(&file, false).unwrap();
+        assert!(!is_cloexec(&file).unwrap());
+        let raw = file.into_raw_fd();
+        // SAFETY: ownership was released by `into_raw_fd`.
+        let owned = unsafe { take_inherited(raw) }.unwrap();
+        assert!(is_cloexec(&owned).unwrap());
+    }
+}

@@ -1,0 +1,9 @@
+//! The thin system-call layer: the only place in the crate with `unsafe`.
+//!
+//! Everything above this module works with io-safe types (`OwnedFd`,
+//! `BorrowedFd`); this module turns the raw descriptor numbers that the
+//! `LISTEN_FDS` protocol hands us into owned descriptors, and answers
+//! questions about what a descriptor is.
+
+pub(crate) mod fd;
+pub(crate) mod socket;

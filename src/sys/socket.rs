@@ -1,0 +1,122 @@
+//! Finding out what kind of object a descriptor refers to.
+
+use std::io;
+use std::os::fd::AsFd;
+
+use rustix::fs::{fstat, FileType};
+use rustix::io::Errno;
+use rustix::net::{sockopt, AddressFamily, SocketType};
+
+use crate::kind::FdKind;
+
+/// Describes the object behind `fd`: for a socket its family, type and
+/// whether it is listening (`SO_DOMAIN`, `SO_TYPE`, `SO_ACCEPTCONN`,
+/// `SO_PROTOCOL`); for anything else its file type (`fstat`).
+///
+/// See [`socket(7)`](https://man7.org/linux/man-pages/man7/socket.7.html).
+pub(crate) fn fd_kind(fd: impl AsFd) -> io::Result<FdKind> {
+    let fd = fd.as_fd();
+    let stat = fstat(fd)?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::Socket {
+        return Ok(match file_type {
+            FileType::Fifo => FdKind::Fifo,
+            FileType::RegularFile => FdKind::RegularFile,
+            FileType::CharacterDevice => FdKind::CharacterDevice,
+            FileType::Directory => FdKind::Directory,
+            _ => FdKind::OtherFile,
+        });
+    }
+    let domain = sockopt::socket_domain(fd)?;
+    let ty = sockopt::socket_type(fd)?;
+    let listening = match sockopt::socket_acceptconn(fd) {
+        Ok(listening) => listening,
+        // Datagram sockets of some families refuse the question.
+        Err(Errno::NOPROTOOPT) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let inet = domain == AddressFamily::INET || domain == AddressFamily::INET6;
+    let kind = if inet {
+        let protocol = sockopt::socket_protocol(fd)?;
+        match (ty, protocol) {
+            (SocketType::STREAM, Some(p)) if p == rustix::net::ipproto::TCP => {
+                if listening {
+                    FdKind::TcpListener
+                } else {
+                    FdKind::TcpStream
+                }
+            }
+            (SocketType::DGRAM, Some(p)) if p == rustix::net::ipproto::UDP => FdKind::UdpSocket,
+            _ => other(domain, ty),
+        }
+    } else if domain == AddressFamily::UNIX {
+        match ty {
+            SocketType::STREAM if listening => FdKind::UnixListener,
+            SocketType::STREAM => FdKind::UnixStream,
+            SocketType::DGRAM => FdKind::UnixDatagram,
+            SocketType::SEQPACKET if listening => FdKind::UnixSeqpacketListener,
+            SocketType::SEQPACKET => FdKind::UnixSeqpacket,
+            _ => other(domain, ty),
+        }
+    } else {
+        other(domain, ty)
+    };
+    Ok(kind)
+}
+
+fn other(domain: AddressFamily, ty: SocketType) -> FdKind {
+    FdKind::OtherSocket {
+        family: domain.as_raw(),
+        socket_type: ty.as_raw(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+
+    #[test]
+    fn detects_tcp_listeners_and_streams() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(fd_kind(&listener).unwrap(), FdKind::TcpListener);
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(fd_kind(&stream).unwrap(), FdKind::TcpStream);
+    }
+
+    #[test]
+    fn detects_ipv6_tcp_listener() {
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        assert_eq!(fd_kind(&listener).unwrap(), FdKind::TcpListener);
+    }
+
+    #[test]
+    fn detects_udp() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(fd_kind(&udp).unwrap(), FdKind::UdpSocket);
+    }
+
+    #[test]
+    fn detects_unix_sockets() {
+        let dir = std::env::temp_dir().join(format!("fdstore-kind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        assert_eq!(fd_kind(&listener).unwrap(), FdKind::UnixListener);
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(fd_kind(&a).unwrap(), FdKind::UnixStream);
+        let (d, _e) = UnixDatagram::pair().unwrap();
+        assert_eq!(fd_kind(&d).unwrap(), FdKind::UnixDatagram);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn detects_files_and_pipes() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(fd_kind(&file).unwrap(), FdKind::CharacterDevice);
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert_eq!(fd_kind(&r).unwrap(), FdKind::Fifo);
+    }
+}
