@@ -121,7 +121,6 @@ pub(crate) fn format_message(messages: &[Notification<'_>]) -> Result<String, No
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
 pub enum Delivery {
     /// Sent to the manager's socket (which does not mean it was accepted: see
     /// the module documentation).
@@ -469,7 +468,7 @@ impl Notifier {
         }
         let (read_end, write_end) =
             pipe_with(PipeFlags::CLOEXEC).map_err(io_error("creating the barrier pipe"))?;
-        let _sent = self.send_raw(b"BARRIER=1\n", &[write_end.as_fd()])?;
+        self.send_raw(b"BARRIER=1\n", &[write_end.as_fd()])?;
         drop(write_end);
         wait_for_hangup(&read_end, timeout)?;
         Ok(Delivery::Sent)

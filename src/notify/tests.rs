@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 /// the wire.
 struct Peer {
     socket: UnixDatagram,
-    _dir: Option<std::path::PathBuf>,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Peer {
@@ -24,7 +24,7 @@ impl Peer {
         (
             Peer {
                 socket,
-                _dir: Some(dir),
+                dir: Some(dir),
             },
             address,
         )
@@ -35,7 +35,7 @@ impl Peer {
         let name = format!("fdstore-test-{}-{}", std::process::id(), unique());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let socket = UnixDatagram::bind_addr(&addr).unwrap();
-        (Peer { socket, _dir: None }, format!("@{name}"))
+        (Peer { socket, dir: None }, format!("@{name}"))
     }
 
     /// Receives one message and the descriptors attached to it.
@@ -69,6 +69,14 @@ impl Peer {
         let empty = self.socket.recv(&mut buf).is_err();
         self.socket.set_nonblocking(false).unwrap();
         empty
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

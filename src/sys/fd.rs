@@ -1,7 +1,7 @@
 //! Taking ownership of inherited descriptors and setting their flags.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 
@@ -36,13 +36,14 @@ pub(crate) unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
 
 /// Whether the descriptor is marked close-on-exec.
 #[cfg(test)]
-pub(crate) fn is_cloexec(fd: impl AsFd) -> io::Result<bool> {
+pub(crate) fn is_cloexec(fd: impl std::os::fd::AsFd) -> io::Result<bool> {
     Ok(fcntl_getfd(fd.as_fd())?.contains(FdFlags::CLOEXEC))
 }
 
 /// Marks a descriptor close-on-exec, or clears the mark (for a descriptor that
 /// is about to be handed to a child on purpose).
-pub(crate) fn set_cloexec(fd: impl AsFd, cloexec: bool) -> io::Result<()> {
+#[cfg(test)]
+pub(crate) fn set_cloexec(fd: impl std::os::fd::AsFd, cloexec: bool) -> io::Result<()> {
     let fd = fd.as_fd();
     let mut flags = fcntl_getfd(fd)?;
     flags.set(FdFlags::CLOEXEC, cloexec);

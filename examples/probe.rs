@@ -1,0 +1,251 @@
+//! A diagnostic service that reports what fdstore receives from systemd.
+//!
+//! The test-suite runs it under a private systemd; it is also handy for
+//! checking a unit by hand:
+//!
+//! ```text
+//! ExecStart=/path/to/probe --report /tmp/probe.txt receive serve web ready
+//! ```
+//!
+//! Actions run in order; each writes lines to the report file:
+//!
+//! | action | what it does |
+//! |---|---|
+//! | `receive` | take `LISTEN_FDS`; one `fd NAME NUMBER KIND INODE` line each |
+//! | `bind-or-store NAME=SPEC` | `inherited NAME INODE` if received, else bind, store: `created NAME INODE` |
+//! | `remove NAME` | `FDSTOREREMOVE=1` for NAME |
+//! | `store-result NAME=SPEC` | bind and store, report `store ok` or `store error: …` |
+//! | `serve NAME` | answer every connection on the received listener NAME with `pid PID\n` |
+//! | `await FILE` | wait until FILE exists |
+//! | `sleep MS` | pause, as a program that is slow to start |
+//! | `status TEXT` / `ready` | `STATUS=TEXT` / `READY=1` |
+//! | `barrier MS` | `BARRIER=1`, report `barrier ok` or `barrier error: …` |
+//! | `run PROGRAM ARG... end-run` | run a command, report its stdout |
+//! | `fdstore-max` | `fdstore-max N` or `fdstore-max unknown` |
+//! | `open-fds` | `open-fd N KIND` for every open descriptor |
+//!
+//! After the last action it waits for SIGTERM; then it stops accepting,
+//! finishes the answers under way and exits, leaving queued connections on the
+//! (shared) listener for the next generation.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use rustix::event::{poll, PollFd, PollFlags};
+
+use fdstore::{FdKind, FdPoll, ListenFds, ListenerSpec, Notifier, UnsetEnv};
+
+fn inode(fd: impl AsFd) -> u64 {
+    std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap())
+        .metadata()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or(0)
+}
+
+fn kind_word(kind: FdKind) -> &'static str {
+    match kind {
+        FdKind::TcpListener => "tcp-listener",
+        FdKind::UdpSocket => "udp",
+        FdKind::UnixListener => "unix-listener",
+        FdKind::UnixDatagram => "unix-datagram",
+        FdKind::Fifo => "fifo",
+        FdKind::CharacterDevice => "chardev",
+        FdKind::RegularFile => "file",
+        _ => "other",
+    }
+}
+
+struct Report(std::fs::File);
+
+impl Report {
+    fn line(&mut self, text: impl AsRef<str>) {
+        writeln!(self.0, "{}", text.as_ref()).expect("writing the report");
+        self.0.flush().expect("flushing the report");
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn main() {
+    // SIGTERM is taken with sigwait below: block it before any thread starts.
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block().expect("blocking SIGTERM");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("--report") || args.len() < 2 {
+        eprintln!("usage: probe --report FILE ACTION...");
+        std::process::exit(64);
+    }
+    let path = args.remove(1);
+    args.remove(0);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("opening the report");
+    let mut report = Report(file);
+    report.line(format!("start pid {}", std::process::id()));
+
+    let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
+    let mut fds = ListenFds::new();
+    let mut listeners: HashMap<String, TcpListener> = HashMap::new();
+    let mut servers = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(action) = args.next() {
+        let mut arg = || args.next().expect("missing argument");
+        match action.as_str() {
+            "receive" => {
+                fds = ListenFds::from_env(UnsetEnv::Yes).expect("LISTEN_FDS");
+                for fd in fds.iter() {
+                    let kind = fd.kind().map(kind_word).unwrap_or("closed");
+                    report.line(format!(
+                        "fd {} {} {} {}",
+                        fd.name(),
+                        fd.as_raw_fd(),
+                        kind,
+                        inode(fd)
+                    ));
+                }
+                report.line(format!("received {}", fds.len()));
+            }
+            "bind-or-store" => {
+                let spec: ListenerSpec = arg().parse().expect("spec");
+                let name = spec.name().to_owned();
+                let listener = if fds.contains(&name) {
+                    let l = fds.tcp_listener(&name).expect("inherited listener");
+                    report.line(format!("inherited {name} {}", inode(&l)));
+                    l
+                } else {
+                    let fd = spec.bind().expect("bind");
+                    notifier
+                        .store_fds(&name, &[fd.as_fd()], FdPoll::Watch)
+                        .expect("store");
+                    report.line(format!("created {name} {}", inode(&fd)));
+                    TcpListener::from(fd.into_fd())
+                };
+                listeners.insert(name, listener);
+            }
+            "store-result" => {
+                let spec: ListenerSpec = arg().parse().expect("spec");
+                let fd = spec.bind().expect("bind");
+                match notifier.store_fds(spec.name(), &[fd.as_fd()], FdPoll::Watch) {
+                    Ok(delivery) => report.line(format!("store ok {delivery:?}")),
+                    Err(e) => report.line(format!("store error: {e}")),
+                }
+            }
+            "remove" => {
+                let name = arg();
+                notifier.remove_fds(&name).expect("FDSTOREREMOVE");
+                report.line(format!("removed {name}"));
+            }
+            "serve" => {
+                let name = arg();
+                let listeners = match listeners.remove(&name) {
+                    Some(l) => vec![l],
+                    None => fds.tcp_listeners(&name).expect("listener to serve"),
+                };
+                for listener in listeners {
+                    servers.push(std::thread::spawn(move || serve(listener)));
+                }
+                report.line(format!("serving {name}"));
+            }
+            "sleep" => {
+                let ms: u64 = arg().parse().expect("milliseconds");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            "await" => {
+                let path = arg();
+                while !std::path::Path::new(&path).exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            "status" => {
+                let text = arg();
+                notifier.status(&text).expect("STATUS");
+            }
+            "ready" => {
+                notifier.ready().expect("READY");
+                report.line("ready");
+            }
+            "barrier" => {
+                let ms: u64 = arg().parse().expect("milliseconds");
+                match notifier.barrier(Duration::from_millis(ms)) {
+                    Ok(_) => report.line("barrier ok"),
+                    Err(e) => report.line(format!("barrier error: {e}")),
+                }
+            }
+            "run" => {
+                let mut command: Vec<String> = Vec::new();
+                for word in args.by_ref() {
+                    if word == "end-run" {
+                        break;
+                    }
+                    command.push(word);
+                }
+                let out = std::process::Command::new(&command[0])
+                    .args(&command[1..])
+                    .output()
+                    .expect("running the command");
+                report.line(format!(
+                    "run-output {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ));
+            }
+            "fdstore-max" => match notifier.fd_store_max() {
+                Some(n) => report.line(format!("fdstore-max {n}")),
+                None => report.line("fdstore-max unknown"),
+            },
+            "open-fds" => {
+                for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+                    let n: i32 = entry
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .parse()
+                        .unwrap();
+                    report.line(format!("open-fd {n}"));
+                }
+            }
+            other => {
+                report.line(format!("unknown action {other}"));
+                std::process::exit(64);
+            }
+        }
+    }
+    report.line("waiting");
+    term.wait().expect("waiting for SIGTERM");
+    STOP.store(true, Ordering::SeqCst);
+    for server in servers {
+        let _ = server.join();
+    }
+    report.line("stopped");
+}
+
+/// Answers every connection with one line until STOP is set.
+fn serve(listener: TcpListener) {
+    let answer = format!("pid {}\n", std::process::id());
+    while !STOP.load(Ordering::SeqCst) {
+        let mut ready = [PollFd::new(&listener, PollFlags::IN)];
+        let tick = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        if !matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0) {
+            continue;
+        }
+        listener.set_nonblocking(true).expect("non-blocking accept");
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                // One write, so a reader never sees half an answer.
+                let _ = stream.write_all(answer.as_bytes());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
