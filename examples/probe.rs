@@ -191,10 +191,9 @@ fn main() {
                     .args(&command[1..])
                     .output()
                     .expect("running the command");
-                report.line(format!(
-                    "run-output {}",
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ));
+                let output = String::from_utf8_lossy(&out.stdout);
+                let words: Vec<&str> = output.split_whitespace().collect();
+                report.line(format!("run-output {}", words.join(" ")));
             }
             "fdstore-max" => match notifier.fd_store_max() {
                 Some(n) => report.line(format!("fdstore-max {n}")),

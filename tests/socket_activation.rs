@@ -99,7 +99,41 @@ fn unnamed_socket_is_called_after_its_unit(sd: &Systemd) {
     );
 }
 
+fn nothing_the_library_opens_leaks_into_children(sd: &Systemd) {
+    let port = free_port();
+    let store_port = free_port();
+    let report = sd.path("report");
+    sd.install(&[
+        (
+            "leak.socket",
+            &format!("[Socket]\nListenStream=127.0.0.1:{port}\nFileDescriptorName=web\n"),
+        ),
+        (
+            "leak.service",
+            &format!(
+                "[Service]\nType=notify\nFileDescriptorStoreMax=4\nTimeoutStartSec=20\n\
+                 ExecStart={} --report {} receive bind-or-store \
+                 extra=tcp:127.0.0.1:{store_port} barrier 5000 status x \
+                 run /bin/ls /proc/self/fd end-run ready\n",
+                probe().display(),
+                report.display()
+            ),
+        ),
+    ]);
+    sd.ok(&["start", "leak.socket"]);
+    sd.ok(&["start", "leak.service"]);
+    // The received listener, the created one, the notification socket and
+    // the barrier pipe are all close-on-exec: `ls` sees stdio and the one
+    // directory it opened itself.
+    let seen = wait_for_line(&report, "the child's descriptors", |l| {
+        l.starts_with("run-output")
+    });
+    let fds: Vec<&str> = seen["run-output ".len()..].split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "{seen}");
+}
+
 on_each_systemd!(
+    nothing_the_library_opens_leaks_into_children,
     named_sockets_are_received_by_name_and_kind,
     unnamed_socket_is_called_after_its_unit,
 );

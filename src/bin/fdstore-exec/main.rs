@@ -9,7 +9,7 @@ use clap::Parser;
 /// Run a network program under systemd so that `systemctl reload` replaces it
 /// with a fresh process without refusing, resetting or stalling a connection.
 #[derive(Debug, Parser)]
-#[command(name = "fdstore-exec", version, about, long_about = None)]
+#[command(name = "fdstore-exec", version)]
 struct Cli {}
 
 fn main() {
