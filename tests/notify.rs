@@ -76,17 +76,9 @@ fn barrier_waits_for_the_manager_and_times_out_when_it_does_not_answer(sd: &Syst
     // A barrier the manager does not answer in time is an error, not a hang.
     sd.signal_manager(Signal::STOP);
     std::fs::write(&go_again, "").unwrap();
-    let line = support::wait_for(
-        "the second barrier's outcome",
-        std::time::Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&report)
-                .ok()?
-                .lines()
-                .find(|l| l.starts_with("barrier error"))
-                .map(str::to_owned)
-        },
-    );
+    let line = wait_for_line(&report, "the second barrier's outcome", |l| {
+        l.starts_with("barrier error")
+    });
     sd.signal_manager(Signal::CONT);
     assert!(
         line.contains("did not confirm the notification barrier within 300ms"),

@@ -199,13 +199,18 @@ impl Systemd {
 
     /// The pid of the manager process (as this process sees it).
     pub fn manager_pid(&self) -> i32 {
-        let procs = std::fs::read_to_string(self.cgroup.join("init.scope/cgroup.procs"))
-            .expect("reading the manager's init.scope");
-        procs
+        self.find_manager_pid()
+            .expect("no manager process in the cgroup's init.scope")
+    }
+
+    fn find_manager_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.cgroup.join("init.scope/cgroup.procs"))
+            .ok()?
             .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("no manager process in init.scope")
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Sends a signal to the manager process (SIGSTOP freezes it).
@@ -332,6 +337,12 @@ impl Drop for Systemd {
             );
         }
         if let Some(mut launcher) = self.launcher.take() {
+            // A test may have frozen the manager (SIGSTOP) before it failed.
+            if let Some(manager) = self.find_manager_pid() {
+                if let Some(manager) = rustix::process::Pid::from_raw(manager) {
+                    let _ = rustix::process::kill_process(manager, rustix::process::Signal::CONT);
+                }
+            }
             let pid = rustix::process::Pid::from_child(&launcher);
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(20);
