@@ -7,6 +7,7 @@
 //! ExecStart=/path/to/probe --report /tmp/probe.txt receive serve web ready
 //! ```
 //!
+//! It first reports `inherited-fds N...`: the descriptors open when it started.
 //! Actions run in order; each writes lines to the report file:
 //!
 //! | action | what it does |
@@ -16,6 +17,7 @@
 //! | `remove NAME` | `FDSTOREREMOVE=1` for NAME |
 //! | `store-result NAME=SPEC` | bind and store, report `store ok` or `store error: …` |
 //! | `serve NAME` | answer every connection on the received listener NAME with `pid PID\n` |
+//! | `exit CODE` | exit at once with CODE |
 //! | `await FILE` | wait until FILE exists |
 //! | `sleep MS` | pause, as a program that is slow to start |
 //! | `status TEXT` / `ready` | `STATUS=TEXT` / `READY=1` |
@@ -71,7 +73,23 @@ impl Report {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// The descriptors open when the process started, before it opened any.
+fn inherited_fds() -> String {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    // The last one is the directory read_dir itself opened.
+    fds.pop();
+    fds.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() {
+    let inherited = inherited_fds();
     // SIGTERM is taken with sigwait below: block it before any thread starts.
     let mut term = SigSet::empty();
     term.add(Signal::SIGTERM);
@@ -90,6 +108,7 @@ fn main() {
         .expect("opening the report");
     let mut report = Report(file);
     report.line(format!("start pid {}", std::process::id()));
+    report.line(format!("inherited-fds {inherited}"));
 
     let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
     let mut fds = ListenFds::new();
@@ -157,6 +176,11 @@ fn main() {
             "sleep" => {
                 let ms: u64 = arg().parse().expect("milliseconds");
                 std::thread::sleep(Duration::from_millis(ms));
+            }
+            "exit" => {
+                let code: i32 = arg().parse().expect("exit status");
+                report.line(format!("exiting {code}"));
+                std::process::exit(code);
             }
             "await" => {
                 let path = arg();

@@ -10,6 +10,7 @@
 //!   the main process, and put descriptors into the unit's fd store.
 //! - [`ListenerSpec`]: describe a listener as `NAME=KIND:ADDRESS[,OPTION]...` and
 //!   create it.
+//! - [`exec`]: the supervisor behind the `fdstore-exec` command.
 //!
 //! ```no_run
 //! use fdstore::{FdPoll, ListenFds, ListenerSpec, Notifier, Notification, UnsetEnv};
@@ -35,18 +36,23 @@
 #![deny(missing_docs)]
 
 mod bind;
+mod duration;
+pub mod exec;
 mod kind;
 mod listen;
 mod name;
 mod notify;
+mod signal;
 mod spec;
 mod sys;
 
 pub use bind::{BindError, DEFAULT_BACKLOG};
+pub use duration::parse_duration;
 pub use kind::{FdKind, WrongKind};
 pub use listen::{ListenError, ListenFds, NamedFd, UnsetEnv, LISTEN_FDS_START, UNKNOWN_NAME};
 pub use name::{check_fd_name, FD_NAME_MAX};
 pub use notify::{
     monotonic_usec, Delivery, FdPoll, Notification, Notifier, NotifyError, MAX_FDS_PER_MESSAGE,
 };
+pub use signal::parse_signal;
 pub use spec::{Endpoint, ListenerSpec, Options, SpecError, Transport};

@@ -31,6 +31,42 @@ fn help_describes_the_program() {
 #[test]
 fn an_unknown_option_is_a_usage_error() {
     let out = fdstore_exec(&["--no-such-option"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64), "EX_USAGE");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
+}
+
+#[test]
+fn a_bad_listen_spec_exits_64_quoting_the_bad_part() {
+    let out = fdstore_exec(&["--listen", "web=tcp:localhost:80", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64), "EX_USAGE");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"localhost\": not an IP address"), "{err}");
+    assert!(err.contains("a valid one: web=tcp:127.0.0.1:8080"), "{err}");
+}
+
+#[test]
+fn a_bad_readiness_mode_exits_64() {
+    let out = fdstore_exec(&["--ready", "eventually", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notify, exec, delay:DURATION"));
+}
+
+#[test]
+fn a_program_is_required() {
+    let out = fdstore_exec(&["--listen", "web=tcp:127.0.0.1:8080"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn the_same_name_twice_is_refused() {
+    let out = fdstore_exec(&[
+        "--listen",
+        "web=tcp:127.0.0.1:20001",
+        "--listen",
+        "web=tcp:127.0.0.1:20002",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names \"web\" twice"));
 }

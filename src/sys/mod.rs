@@ -7,3 +7,4 @@
 
 pub(crate) mod fd;
 pub(crate) mod socket;
+pub(crate) mod spawn;

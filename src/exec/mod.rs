@@ -1,0 +1,18 @@
+//! fdstore-exec's supervisor: runs a program with its listeners under
+//! systemd.
+//!
+//! The wrapper is the unit's main process. It collects the listeners (passed
+//! by systemd, or created from `--listen` specs and put into the fd store),
+//! starts the program with them at descriptors 3, 4, ... through the
+//! `LISTEN_FDS` protocol, gives it a notification socket of its own, waits for
+//! it to be ready, reports readiness and status to systemd, forwards stop
+//! signals, and ends the way the program ended so that `Restart=` and
+//! `systemctl status` see the truth.
+
+mod program;
+mod relay;
+mod supervise;
+
+pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
+pub use relay::{NotifyRelay, RelayMessage};
+pub use supervise::{run, Config, ExecError, Outcome, ReadyMode};

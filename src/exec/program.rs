@@ -1,0 +1,92 @@
+//! Starting the wrapped program with its listeners.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+use crate::listen::NamedFd;
+
+/// The hidden first argument that makes `fdstore-exec` act as the trampoline
+/// (see [`run_trampoline`]).
+pub const TRAMPOLINE_ARG: &str = "__exec";
+
+/// How to start the program.
+#[derive(Debug, Clone)]
+pub struct ProgramSpec {
+    /// The fdstore-exec binary used as trampoline.
+    pub trampoline: PathBuf,
+    /// The program.
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+/// Variables of ours, or of the manager, that the program must not inherit
+/// as they are.
+const SCRUBBED: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+];
+
+/// Starts the program with `listeners` at descriptors 3, 4, ... and
+/// `LISTEN_FDS`/`LISTEN_FDNAMES` naming them, `NOTIFY_SOCKET` pointing at
+/// `notify_socket`. It goes through the trampoline, which sets `LISTEN_PID`
+/// (and `WATCHDOG_PID`) to the program's own pid before `exec`.
+pub fn spawn_program(
+    spec: &ProgramSpec,
+    listeners: &[NamedFd],
+    notify_socket: &str,
+) -> io::Result<Child> {
+    let mut command = Command::new(&spec.trampoline);
+    command
+        .arg(TRAMPOLINE_ARG)
+        .arg("--")
+        .arg(&spec.program)
+        .args(&spec.args);
+    for var in SCRUBBED {
+        command.env_remove(var);
+    }
+    if !listeners.is_empty() {
+        let names: Vec<&str> = listeners.iter().map(NamedFd::name).collect();
+        command
+            .env("LISTEN_FDS", listeners.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+    }
+    command.env("NOTIFY_SOCKET", notify_socket);
+    crate::sys::spawn::pass_fds(&mut command, listeners)?;
+    command.spawn()
+}
+
+/// The trampoline: sets `LISTEN_PID` (when `LISTEN_FDS` is set) and
+/// `WATCHDOG_PID` (when `WATCHDOG_USEC` is set) to this process's pid, then
+/// replaces itself with the program. Returns only on failure, with the exit
+/// status a shell would use (127 not found, 126 not executable).
+pub fn run_trampoline(args: &[OsString]) -> i32 {
+    let Some((program, rest)) = args.split_first() else {
+        eprintln!("fdstore-exec: {TRAMPOLINE_ARG} needs a program");
+        return 64;
+    };
+    let pid = std::process::id().to_string();
+    let mut command = Command::new(program);
+    command.args(rest);
+    if std::env::var_os("LISTEN_FDS").is_some() {
+        command.env("LISTEN_PID", &pid);
+    }
+    if std::env::var_os("WATCHDOG_USEC").is_some() {
+        command.env("WATCHDOG_PID", &pid);
+    }
+    let error = command.exec();
+    eprintln!(
+        "fdstore-exec: cannot run {}: {error}",
+        std::path::Path::new(program).display()
+    );
+    match error.kind() {
+        io::ErrorKind::NotFound => 127,
+        _ => 126,
+    }
+}
