@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use support::{free_port, probe, wait_for_line, Systemd};
+use support::{answer, free_port, probe, report_lines, wait_for_line, Systemd};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -20,25 +19,6 @@ fn unit(extra: &str, exec_options: &str, report: &Path, actions: &str) -> String
         probe().display(),
         report.display()
     )
-}
-
-fn answer(port: u16) -> String {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    line.trim().to_owned()
-}
-
-fn report_lines(report: &Path, prefix: &str) -> Vec<String> {
-    std::fs::read_to_string(report)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn program_gets_exactly_its_listeners_from_socket_units_and_specs(sd: &Systemd) {
@@ -261,7 +241,8 @@ fn crash_restarts_with_the_same_listener_and_no_refused_client(sd: &Systemd) {
         fds[1].ends_with(&format!(" {inode}")),
         "same socket after restart: {fds:?}"
     );
-    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+    // The new program may answer before its READY=1 was relayed.
+    sd.wait_for_property("app.service", "ActiveState", "active");
     assert_eq!(sd.show("app.service", "NRestarts"), "1");
     // fdstore-exec itself ended by the program's signal, for Restart= to see.
     assert!(

@@ -2,8 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use support::{free_port, probe, wait_for_line, Systemd};
+use support::{answer, free_port, probe, report_lines, wait_for_line, Systemd};
 
 fn service(report: &std::path::Path, store_max: u32, actions: &str) -> String {
     format!(
@@ -12,25 +11,6 @@ fn service(report: &std::path::Path, store_max: u32, actions: &str) -> String {
         probe().display(),
         report.display()
     )
-}
-
-fn answer(port: u16) -> String {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    line.trim().to_owned()
-}
-
-fn lines_with(report: &std::path::Path, prefix: &str) -> Vec<String> {
-    std::fs::read_to_string(report)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn stored_listener_survives_restart_as_the_same_socket(sd: &Systemd) {
@@ -49,13 +29,13 @@ fn stored_listener_survives_restart_as_the_same_socket(sd: &Systemd) {
     sd.ok(&["restart", "app.service"]);
     let second_pid = sd.show("app.service", "MainPID");
     assert_ne!(first_pid, second_pid);
-    let inherited = lines_with(&report, "inherited web ");
+    let inherited = report_lines(&report, "inherited web ");
     assert_eq!(
         inherited,
         [format!("inherited web {inode}")],
         "same socket (inode) after restart"
     );
-    let fds = lines_with(&report, "fd web ");
+    let fds = report_lines(&report, "fd web ");
     assert_eq!(fds.len(), 1, "exactly one descriptor named web: {fds:?}");
     assert_eq!(answer(port), format!("pid {second_pid}"));
 
@@ -64,7 +44,7 @@ fn stored_listener_survives_restart_as_the_same_socket(sd: &Systemd) {
     sd.ok(&["stop", "app.service"]);
     sd.ok(&["start", "app.service"]);
     assert_eq!(
-        lines_with(&report, "created web ").len(),
+        report_lines(&report, "created web ").len(),
         2,
         "re-created after a stop"
     );
@@ -129,7 +109,7 @@ fn removed_descriptor_is_not_passed_again(sd: &Systemd) {
     )]);
     sd.ok(&["restart", "app.service"]);
     assert_eq!(
-        lines_with(&report, "fd web ").len(),
+        report_lines(&report, "fd web ").len(),
         1,
         "received before removal"
     );
@@ -137,7 +117,7 @@ fn removed_descriptor_is_not_passed_again(sd: &Systemd) {
 
     sd.install(&[("app.service", &service(&report, 4, "receive ready"))]);
     sd.ok(&["restart", "app.service"]);
-    let received = lines_with(&report, "received ");
+    let received = report_lines(&report, "received ");
     assert_eq!(received.last().unwrap(), "received 0", "{received:?}");
     // The socket is really closed: nothing listens on the port any more.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
@@ -174,7 +154,7 @@ fn disabled_store_is_reported_where_the_manager_says_so(sd: &Systemd) {
     // descriptor does not come back after a restart.
     assert_eq!(store, "store ok Sent");
     sd.ok(&["restart", "nostore.service"]);
-    let received = lines_with(&report, "received ");
+    let received = report_lines(&report, "received ");
     assert_eq!(received, ["received 0", "received 0"]);
 }
 

@@ -401,23 +401,15 @@ fn finish(
             pid = generation.pid(),
             "the program {described} after the stop signal"
         );
-    } else if generation.ready {
-        error!(
-            pid = generation.pid(),
-            "the program {described} while serving"
-        );
-        let _ = notifier.status(&format!(
-            "generation {} (pid {}) {described} while serving",
-            generation.number,
-            generation.pid()
-        ));
     } else {
-        error!(
-            pid = generation.pid(),
-            "the program {described} before it was ready"
-        );
+        let when = if generation.ready {
+            "while serving"
+        } else {
+            "before it was ready"
+        };
+        error!(pid = generation.pid(), "the program {described} {when}");
         let _ = notifier.status(&format!(
-            "generation {} (pid {}) {described} before it was ready",
+            "generation {} (pid {}) {described} {when}",
             generation.number,
             generation.pid()
         ));

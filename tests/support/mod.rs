@@ -101,3 +101,29 @@ pub fn wait_for_line(
         },
     )
 }
+
+/// Connects to a loopback port and returns the one line the server answers
+/// (the probe answers `pid PID`).
+pub fn answer(port: u16) -> String {
+    use std::io::BufRead;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// The lines of a report file that start with `prefix`.
+pub fn report_lines(report: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_to_string(report)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}

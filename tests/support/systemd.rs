@@ -278,6 +278,15 @@ impl Systemd {
             .to_owned()
     }
 
+    /// Waits until `property` of `unit` has `value`.
+    pub fn wait_for_property(&self, unit: &str, property: &str, value: &str) {
+        super::wait_for(
+            &format!("{unit} {property}={value}"),
+            Duration::from_secs(20),
+            || (self.show(unit, property) == value).then_some(()),
+        )
+    }
+
     /// The whole journal of this manager and its services.
     pub fn journal(&self) -> String {
         let mut command = self.version.tool("journalctl");
