@@ -480,12 +480,9 @@ fn wait_for_hangup(read_end: &OwnedFd, timeout: Duration) -> Result<(), NotifyEr
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let left = rustix::time::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: left.subsec_nanos() as i64,
-        };
+        let left = rustix::time::Timespec::try_from(left).ok();
         let mut fds = [PollFd::new(read_end, PollFlags::IN)];
-        match poll(&mut fds, Some(&left)) {
+        match poll(&mut fds, left.as_ref()) {
             Ok(0) => return Err(NotifyError::BarrierTimeout(timeout)),
             Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => return Ok(()),
             // Something was written to the pipe: not the manager's way; keep

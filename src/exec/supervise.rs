@@ -238,14 +238,14 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
     let _ = notifier.status(&generation.status_text());
     let ready_deadline = generation.started + config.ready_timeout;
     let mut next_check = generation.started;
-    let mut stopping: Option<Signal> = None;
+    let mut stopping = false;
 
     if config.ready == ReadyMode::Exec {
         become_ready(&mut generation, &notifier);
     }
     loop {
         let now = Instant::now();
-        if !generation.ready && stopping.is_none() {
+        if !generation.ready && !stopping {
             match &config.ready {
                 ReadyMode::Delay(d) if now >= generation.started + *d => {
                     become_ready(&mut generation, &notifier)
@@ -260,7 +260,8 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
             }
             if !generation.ready && Instant::now() >= ready_deadline {
                 let message = format!(
-                    "generation 1 (pid {}) was not ready within {:?}; stopping it",
+                    "generation {} (pid {}) was not ready within {:?}; stopping it",
+                    generation.number,
                     generation.pid(),
                     config.ready_timeout
                 );
@@ -271,7 +272,7 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
                 return Err(fail(sysexits::UNAVAILABLE, message));
             }
         }
-        let timeout = if generation.ready || stopping.is_some() {
+        let timeout = if generation.ready || stopping {
             None
         } else {
             let mut until = ready_deadline;
@@ -305,7 +306,7 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
                     Signal::SIGUSR1 | Signal::SIGUSR2 => forward(&generation, signal),
                     _ => {
                         info!(?signal, pid = generation.pid(), "stopping: forwarding the signal to the program");
-                        stopping = Some(signal);
+                        stopping = true;
                         forward(&generation, signal);
                     }
                 }
@@ -313,7 +314,7 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
         }
         if ready_fds[2] {
             if let Ok(Some(status)) = generation.child.try_wait() {
-                return Ok(finish(&generation, status, stopping.is_some(), &notifier));
+                return Ok(finish(&generation, status, stopping, &notifier));
             }
         }
     }
@@ -472,10 +473,7 @@ fn wait_readable(
         .iter()
         .map(|fd| PollFd::new(fd, PollFlags::IN))
         .collect();
-    let timeout = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: t.as_secs() as i64,
-        tv_nsec: t.subsec_nanos() as i64,
-    });
+    let timeout = timeout.and_then(|t| rustix::time::Timespec::try_from(t).ok());
     match poll(&mut polled, timeout.as_ref()) {
         Ok(_) => Ok(polled.iter().map(|p| !p.revents().is_empty()).collect()),
         Err(rustix::io::Errno::INTR) => Ok(vec![false; fds.len()]),

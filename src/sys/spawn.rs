@@ -7,6 +7,8 @@ use std::process::Command;
 
 use rustix::io::fcntl_dupfd_cloexec;
 
+use crate::listen::LISTEN_FDS_START;
+
 /// Arranges for `fds` to appear as descriptors 3, 4, ... (in order, without
 /// close-on-exec) in the process `command` starts, and for that process to
 /// start with no signal blocked (the caller may block signals for a
@@ -16,7 +18,7 @@ use rustix::io::fcntl_dupfd_cloexec;
 /// so that moving them down in the child never overwrites one still to be
 /// moved.
 pub(crate) fn pass_fds<F: AsFd>(command: &mut Command, fds: &[F]) -> io::Result<()> {
-    let first_free = 3 + fds.len() as i32;
+    let first_free = LISTEN_FDS_START + fds.len() as i32;
     let sources: Vec<OwnedFd> = fds
         .iter()
         .map(|fd| fcntl_dupfd_cloexec(fd.as_fd(), first_free))
@@ -24,7 +26,7 @@ pub(crate) fn pass_fds<F: AsFd>(command: &mut Command, fds: &[F]) -> io::Result<
     let pairs: Vec<(i32, i32)> = sources
         .iter()
         .enumerate()
-        .map(|(i, fd)| (fd.as_raw_fd(), 3 + i as i32))
+        .map(|(i, fd)| (fd.as_raw_fd(), LISTEN_FDS_START + i as i32))
         .collect();
     let hook = move || -> io::Result<()> {
         // Keeps the duplicates open until the command is dropped.
