@@ -159,7 +159,6 @@ fn exit_before_ready_fails_the_start_with_the_programs_status(sd: &Systemd) {
 }
 
 fn missing_program_is_reported(sd: &Systemd) {
-    let report = sd.path("report");
     sd.install(&[(
         "app.service",
         &format!(
@@ -167,7 +166,6 @@ fn missing_program_is_reported(sd: &Systemd) {
             fdstore_exec()
         ),
     )]);
-    let _ = report;
     assert!(!sd.systemctl(&["start", "app.service"]).status.success());
     sd.wait_for_journal("cannot run /nonexistent/app");
     assert_eq!(sd.show("app.service", "ExecMainStatus"), "127");
