@@ -53,6 +53,79 @@ impl std::error::Error for BindError {
 }
 
 impl ListenerSpec {
+    /// Whether `fd` is the socket this spec describes: same kind and, as far
+    /// as the spec fixes them, same address and port. Returns what differs,
+    /// or `None` when it matches.
+    ///
+    /// ```
+    /// use fdstore::ListenerSpec;
+    /// let spec: ListenerSpec = "web=tcp:127.0.0.1:18081".parse()?;
+    /// let fd = spec.bind()?;
+    /// assert_eq!(spec.mismatch(&fd), None);
+    /// let other: ListenerSpec = "web=udp:127.0.0.1:18081".parse()?;
+    /// assert!(other.mismatch(&fd).is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mismatch(&self, fd: impl std::os::fd::AsFd) -> Option<String> {
+        let fd = fd.as_fd();
+        let kind = match crate::kind::FdKind::of(fd) {
+            Ok(kind) => kind,
+            Err(e) => return Some(format!("its kind cannot be read: {e}")),
+        };
+        let expected = match self.transport() {
+            Transport::Tcp => crate::kind::FdKind::TcpListener,
+            Transport::Udp => crate::kind::FdKind::UdpSocket,
+            Transport::UnixStream => crate::kind::FdKind::UnixListener,
+            Transport::UnixDatagram => crate::kind::FdKind::UnixDatagram,
+        };
+        if kind != expected {
+            return Some(format!("it is {kind}, not {expected}"));
+        }
+        let local = match rustix::net::getsockname(fd) {
+            Ok(addr) => addr,
+            Err(e) => return Some(format!("its address cannot be read: {e}")),
+        };
+        match self.endpoint() {
+            Endpoint::Inet(want) => {
+                let Ok(have) = SocketAddr::try_from(local) else {
+                    return Some("it is not an IP socket".into());
+                };
+                let port_ok = want.port() == have.port();
+                let ip_ok = want.ip() == have.ip()
+                    // [::] also shows up for 0.0.0.0 on a dual-stack socket.
+                    || (want.ip().is_unspecified() && have.ip().is_unspecified());
+                (!(port_ok && ip_ok)).then(|| format!("it is bound to {have}, not {want}"))
+            }
+            Endpoint::Path(want) => {
+                let have = rustix::net::SocketAddrUnix::try_from(local).ok();
+                let have_path = have
+                    .as_ref()
+                    .and_then(|a| a.path().map(std::borrow::Cow::into_owned));
+                match have_path {
+                    Some(p)
+                        if p.to_bytes()
+                            == std::os::unix::ffi::OsStrExt::as_bytes(want.as_os_str()) =>
+                    {
+                        None
+                    }
+                    Some(p) => Some(format!(
+                        "it is bound to {}, not {}",
+                        String::from_utf8_lossy(p.to_bytes()),
+                        want.display()
+                    )),
+                    None => Some(format!("it is not bound to {}", want.display())),
+                }
+            }
+            Endpoint::Abstract(want) => {
+                let have = rustix::net::SocketAddrUnix::try_from(local).ok();
+                match have.as_ref().and_then(|a| a.abstract_name()) {
+                    Some(name) if name == want.as_bytes() => None,
+                    _ => Some(format!("it is not bound to @{want}")),
+                }
+            }
+        }
+    }
+
     /// Creates the socket the spec describes: bound, listening (for stream
     /// kinds), close-on-exec, named after the spec.
     ///

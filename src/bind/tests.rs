@@ -187,3 +187,29 @@ fn abstract_and_datagram_sockets() {
         .is_ok());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn mismatch_compares_kind_and_address() {
+    let port = free_port();
+    let s = spec(&format!("web=tcp:127.0.0.1:{port}"));
+    let fd = s.bind().unwrap();
+    assert_eq!(s.mismatch(&fd), None);
+    let moved = spec(&format!("web=tcp:127.0.0.1:{}", port + 1))
+        .mismatch(&fd)
+        .unwrap();
+    assert!(moved.contains(&format!("127.0.0.1:{port}")), "{moved}");
+    let kind = spec(&format!("web=udp:127.0.0.1:{port}"))
+        .mismatch(&fd)
+        .unwrap();
+    assert!(kind.contains("TCP listener"), "{kind}");
+    let dir = temp_dir();
+    let path = dir.join("m.sock");
+    let u = spec(&format!("api=unix:{}", path.display()));
+    let ufd = u.bind().unwrap();
+    assert_eq!(u.mismatch(&ufd), None);
+    assert!(
+        spec(&format!("api=unix:{}", dir.join("other.sock").display()))
+            .mismatch(&ufd)
+            .is_some()
+    );
+}

@@ -1,5 +1,5 @@
 //! fdstore-exec's supervisor: runs a program with its listeners under
-//! systemd.
+//! systemd and replaces it by hand-over on reload.
 //!
 //! The wrapper is the unit's main process. It collects the listeners (passed
 //! by systemd, or created from `--listen` specs and put into the fd store),
@@ -8,11 +8,22 @@
 //! it to be ready, reports readiness and status to systemd, forwards stop
 //! signals, and ends the way the program ended so that `Restart=` and
 //! `systemctl status` see the truth.
+//!
+//! On a reload (`fdstore-exec reload` through the [`control`] socket, or
+//! SIGHUP under `Type=notify-reload`) it starts the next generation, which
+//! becomes the main process once its program is ready; see [`handover`].
 
+mod config;
+pub mod control;
+pub mod handover;
+mod listen_file;
+mod listeners;
 mod program;
 mod relay;
 mod supervise;
 
+pub use config::{sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
+pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
 pub use relay::{NotifyRelay, RelayMessage};
-pub use supervise::{run, Config, ExecError, Outcome, ReadyMode};
+pub use supervise::run;

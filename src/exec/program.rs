@@ -31,6 +31,7 @@ const SCRUBBED: &[&str] = &[
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
+    super::handover::HANDOVER_ENV,
 ];
 
 /// Starts the program with `listeners` at descriptors 3, 4, ... and

@@ -1,119 +1,50 @@
-//! The event loop of one generation.
+//! The event loop of one fdstore-exec process.
+//!
+//! A process plays up to three roles in turn:
+//!
+//! - **successor**: started by the previous main process for a reload; it
+//!   starts its program, reports readiness over the hand-over channel and
+//!   waits to be made the main process (see [`super::handover`]);
+//! - **main**: the unit's main process; it relays the program's
+//!   notifications, answers the control socket and, on a reload, starts and
+//!   hands over to a successor;
+//! - **draining**: after a hand-over, it tells its program to drain, kills it
+//!   after the drain timeout, and exits.
+//!
+//! Everything runs on one thread around `poll(2)`: a signalfd, the program's
+//! notification socket and pidfd, the control socket and its clients, and the
+//! hand-over channels.
 
-use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::process::{Child, ExitStatus};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::program::{spawn_program, ProgramSpec};
+use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
+use super::control::{cgroup_of, ControlConnection, ControlServer, Refusal, Reply, Request};
+use super::handover::{parent_of, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV};
+use super::listeners::{all_specs, gather, store, ListenerSet};
+use super::program::spawn_program;
 use super::relay::{NotifyRelay, RelayMessage};
-use crate::listen::{ListenFds, NamedFd};
-use crate::notify::{FdPoll, Notification, Notifier};
-use crate::spec::ListenerSpec;
-use crate::UnsetEnv;
+use crate::listen::NamedFd;
+use crate::notify::{Notification, Notifier};
 
-/// How fdstore-exec decides that the program is ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadyMode {
-    /// The program sends `READY=1` to its `NOTIFY_SOCKET`.
-    Notify,
-    /// Ready as soon as it has started.
-    Exec,
-    /// Ready after it has run for this long.
-    Delay(Duration),
-    /// Ready once this shell command exits 0 (tried every 100 ms).
-    Command(String),
-}
-
-impl FromStr for ReadyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "notify" => Ok(ReadyMode::Notify),
-            "exec" => Ok(ReadyMode::Exec),
-            _ => {
-                if let Some(d) = s.strip_prefix("delay:") {
-                    crate::parse_duration(d).map(ReadyMode::Delay)
-                } else if let Some(c) = s.strip_prefix("command:") {
-                    if c.trim().is_empty() {
-                        Err("command: needs a shell command, for example command:curl -fs http://127.0.0.1:8080/health".into())
-                    } else {
-                        Ok(ReadyMode::Command(c.to_owned()))
-                    }
-                } else {
-                    Err(format!(
-                        "{s:?} is not a readiness mode; use notify, exec, delay:DURATION or command:SHELL-COMMAND"
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// What fdstore-exec runs, and how.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Listeners to create (and store) when systemd did not pass them.
-    pub listen: Vec<ListenerSpec>,
-    /// The program.
-    pub program: ProgramSpec,
-    /// How readiness is detected.
-    pub ready: ReadyMode,
-    /// How long the program may take to become ready.
-    pub ready_timeout: Duration,
-}
-
-/// How fdstore-exec should end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exit with this status.
-    Exit(i32),
-    /// Die by this signal, as the program did.
-    Signal(Signal),
-}
-
-/// A failure that ends fdstore-exec, with the exit status that fits it.
-#[derive(Debug)]
-pub struct ExecError {
-    /// What went wrong and what to do about it.
-    pub message: String,
-    /// The sysexits status.
-    pub status: i32,
-}
-
-impl fmt::Display for ExecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ExecError {}
-
-/// sysexits(3) statuses used by fdstore-exec.
-pub mod sysexits {
-    /// Bad command line or configuration.
-    pub const USAGE: i32 = 64;
-    /// A needed resource (a port, a path) is unavailable.
-    pub const UNAVAILABLE: i32 = 69;
-    /// An operating-system error.
-    pub const OSERR: i32 = 71;
-    /// Configuration of the environment is wrong.
-    pub const CONFIG: i32 = 78;
-}
-
-fn fail(status: i32, message: impl Into<String>) -> ExecError {
-    ExecError {
-        message: message.into(),
-        status,
-    }
-}
+/// How long the old main process waits for the manager to process
+/// `MAINPID=` (`BARRIER=1`).
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a successor gets beyond its ready timeout to finish a hand-over.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
+/// At most this many control connections wait for their request.
+const MAX_CLIENTS: usize = 16;
+/// At most this many notifications of a successor's program are queued
+/// until it is the main process.
+const MAX_QUEUED: usize = 256;
 
 /// The signals fdstore-exec handles itself (through a signalfd).
 fn handled_signals() -> SigSet {
@@ -131,52 +62,7 @@ fn handled_signals() -> SigSet {
     set
 }
 
-/// Takes the listeners systemd passed and creates (and stores) the ones named
-/// by `specs` that it did not pass.
-fn gather_listeners(
-    specs: &[ListenerSpec],
-    notifier: &Notifier,
-) -> Result<Vec<NamedFd>, ExecError> {
-    let received = ListenFds::from_env(UnsetEnv::Yes)
-        .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))?;
-    let mut names: Vec<&str> = Vec::new();
-    for spec in specs {
-        if names.contains(&spec.name()) {
-            return Err(fail(
-                sysexits::USAGE,
-                format!(
-                    "--listen names {:?} twice; give every listener its own name",
-                    spec.name()
-                ),
-            ));
-        }
-        names.push(spec.name());
-    }
-    let mut listeners: Vec<NamedFd> = Vec::new();
-    for fd in received {
-        info!(name = fd.name(), fd = fd.as_raw_fd(), "received listener");
-        listeners.push(fd);
-    }
-    for spec in specs {
-        if listeners.iter().any(|l| l.name() == spec.name()) {
-            continue;
-        }
-        let fd = spec
-            .bind()
-            .map_err(|e| fail(sysexits::UNAVAILABLE, e.to_string()))?;
-        match notifier.store_fds(spec.name(), &[fd.as_fd()], FdPoll::Watch) {
-            Ok(_) => info!(listener = %spec, "created listener and put it into the fd store"),
-            Err(e) => warn!(
-                listener = %spec,
-                "created listener, but could not put it into the fd store ({e}); it will not survive a restart"
-            ),
-        }
-        listeners.push(fd);
-    }
-    Ok(listeners)
-}
-
-/// The state of the one generation this process runs.
+/// The program of this generation.
 struct Generation {
     number: u64,
     child: Child,
@@ -190,19 +76,68 @@ impl Generation {
     fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    fn status_text(&self) -> String {
-        let mut text = format!("generation {}, pid {}", self.number, self.pid());
-        match &self.program_status {
-            Some(s) => text.push_str(&format!(": {s}")),
-            None if self.ready => text.push_str(": serving"),
-            None => text.push_str(": starting"),
-        }
-        text
-    }
 }
 
-/// Runs the program until it ends; returns how fdstore-exec should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Successor,
+    Main,
+    Draining { deadline: Instant, killed: bool },
+}
+
+/// Who asked for the reload in progress.
+enum Requester {
+    Client(ControlConnection),
+    Signal,
+}
+
+/// A reload in progress, seen from the old main process.
+struct Handover {
+    channel: Channel,
+    requester: Requester,
+    started: Instant,
+    deadline: Instant,
+    successor: Option<(u32, OwnedFd)>,
+    main_sent: bool,
+}
+
+/// What woke the loop.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Signals,
+    Relay,
+    Program,
+    Control,
+    Client(usize),
+    Successor,
+    Predecessor,
+}
+
+struct Supervisor<'c> {
+    config: &'c Config,
+    notifier: Notifier,
+    signal_fd: SignalFd,
+    relay: NotifyRelay,
+    generation: Generation,
+    listeners: ListenerSet,
+    role: Role,
+    control: Option<ControlServer>,
+    own_cgroup: Option<String>,
+    clients: Vec<ControlConnection>,
+    handover: Option<Handover>,
+    /// The channel to the previous generation: while a successor, and after
+    /// that until the previous generation is gone.
+    predecessor: Option<Channel>,
+    /// The channel to the next generation, only kept open while draining so
+    /// that the next generation learns when this one is gone.
+    _successor_link: Option<Channel>,
+    last_reload: Option<String>,
+    stopping: bool,
+    next_check: Instant,
+    queued: Vec<RelayMessage>,
+}
+
+/// Runs fdstore-exec until it should end; returns how.
 pub fn run(config: &Config) -> Result<Outcome, ExecError> {
     let signals = handled_signals();
     signals
@@ -210,219 +145,990 @@ pub fn run(config: &Config) -> Result<Outcome, ExecError> {
         .map_err(|e| fail(sysexits::OSERR, format!("blocking signals: {e}")))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| fail(sysexits::OSERR, format!("creating a signalfd: {e}")))?;
-    let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
-    let listeners = gather_listeners(&config.listen, &notifier)?;
-    let relay = NotifyRelay::bind()
-        .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
-    let child = spawn_program(&config.program, &listeners, relay.address()).map_err(|e| {
+    let inherited = take_inheritance()?;
+    let (number, managed, predecessor) = match inherited {
+        Some((inheritance, channel)) => {
+            let _ = channel.send(&Message::Hello(std::process::id()));
+            (inheritance.generation, inheritance.managed, Some(channel))
+        }
+        None => (1, Vec::new(), None),
+    };
+    match Supervisor::start(config, signal_fd, number, &managed, predecessor.as_ref()) {
+        Ok(mut supervisor) => {
+            supervisor.predecessor = predecessor;
+            supervisor.run()
+        }
+        Err(e) => {
+            if let Some(channel) = predecessor {
+                let _ = channel.send(&Message::Failed(e.message.clone()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Takes the hand-over channel when this process was started by a previous
+/// generation.
+fn take_inheritance() -> Result<Option<(Inheritance, Channel)>, ExecError> {
+    let Some(value) = std::env::var_os(HANDOVER_ENV) else {
+        return Ok(None);
+    };
+    std::env::remove_var(HANDOVER_ENV);
+    let inheritance =
+        Inheritance::parse(&value.to_string_lossy()).map_err(|e| fail(sysexits::CONFIG, e))?;
+    // SAFETY: the previous generation placed the channel at this number for
+    // us on purpose; nothing else in this process has taken it.
+    let fd = unsafe { crate::sys::fd::take_inherited(inheritance.fd) }.map_err(|e| {
         fail(
-            sysexits::OSERR,
-            format!("starting {}: {e}", config.program.trampoline.display()),
+            sysexits::CONFIG,
+            format!("the hand-over channel (fd {}): {e}", inheritance.fd),
         )
     })?;
-    let pid = child.id();
-    let pidfd = pidfd_open(
-        Pid::from_raw(pid as i32).expect("a child pid is positive"),
-        PidfdFlags::empty(),
-    )
-    .map_err(|e| fail(sysexits::OSERR, format!("pidfd_open: {e}")))?;
-    info!(pid, program = ?config.program.program, listeners = listeners.len(), "started generation 1");
-    let mut generation = Generation {
-        number: 1,
-        child,
-        pidfd,
-        started: Instant::now(),
-        ready: false,
-        program_status: None,
-    };
-    let _ = notifier.status(&generation.status_text());
-    let ready_deadline = generation.started + config.ready_timeout;
-    let mut next_check = generation.started;
-    let mut stopping = false;
+    Ok(Some((inheritance, Channel::from_fd(fd))))
+}
 
-    if config.ready == ReadyMode::Exec {
-        become_ready(&mut generation, &notifier);
-    }
-    loop {
-        let now = Instant::now();
-        if !generation.ready && !stopping {
-            match &config.ready {
-                ReadyMode::Delay(d) if now >= generation.started + *d => {
-                    become_ready(&mut generation, &notifier)
-                }
-                ReadyMode::Command(cmd) if now >= next_check => {
-                    if check_command(cmd) {
-                        become_ready(&mut generation, &notifier);
-                    }
-                    next_check = Instant::now() + Duration::from_millis(100);
-                }
-                _ => {}
-            }
-            if !generation.ready && Instant::now() >= ready_deadline {
-                let message = format!(
-                    "generation {} (pid {}) was not ready within {:?}; stopping it",
-                    generation.number,
-                    generation.pid(),
-                    config.ready_timeout
-                );
-                error!("{message}");
-                let _ = notifier.status(&message);
-                let _ = generation.child.kill();
-                let _ = generation.child.wait();
-                return Err(fail(sysexits::UNAVAILABLE, message));
-            }
-        }
-        let timeout = if generation.ready || stopping {
-            None
-        } else {
-            let mut until = ready_deadline;
-            match &config.ready {
-                ReadyMode::Delay(d) => until = until.min(generation.started + *d),
-                ReadyMode::Command(_) => until = until.min(next_check),
-                _ => {}
-            }
-            Some(until.saturating_duration_since(Instant::now()))
-        };
-        let ready_fds = wait_readable(
-            &[signal_fd.as_fd(), relay.as_fd(), generation.pidfd.as_fd()],
-            timeout,
+impl<'c> Supervisor<'c> {
+    fn start(
+        config: &'c Config,
+        signal_fd: SignalFd,
+        number: u64,
+        previously_managed: &[String],
+        predecessor: Option<&Channel>,
+    ) -> Result<Supervisor<'c>, ExecError> {
+        let is_main = predecessor.is_none();
+        let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
+        let specs = all_specs(&config.listen, config.listen_file.as_deref())?;
+        let listeners = gather(&specs, previously_managed, is_main, &notifier)?;
+        let relay = NotifyRelay::bind()
+            .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
+        let child =
+            spawn_program(&config.program, &listeners.active, relay.address()).map_err(|e| {
+                fail(
+                    sysexits::OSERR,
+                    format!("starting {}: {e}", config.program.trampoline.display()),
+                )
+            })?;
+        let pid = child.id();
+        let pidfd = pidfd_open(
+            Pid::from_raw(pid as i32).expect("a child pid is positive"),
+            PidfdFlags::empty(),
         )
-        .map_err(|e| fail(sysexits::OSERR, format!("poll: {e}")))?;
-
-        if ready_fds[1] {
-            while let Ok(Some(message)) = relay.recv() {
-                handle_message(message, &mut generation, &config.ready, &notifier);
-            }
+        .map_err(|e| fail(sysexits::OSERR, format!("pidfd_open: {e}")))?;
+        info!(pid, program = ?config.program.program, listeners = listeners.active.len(), "started generation {number}");
+        let started = Instant::now();
+        let mut supervisor = Supervisor {
+            config,
+            notifier,
+            signal_fd,
+            relay,
+            generation: Generation {
+                number,
+                child,
+                pidfd,
+                started,
+                ready: false,
+                program_status: None,
+            },
+            listeners,
+            role: if is_main { Role::Main } else { Role::Successor },
+            control: None,
+            own_cgroup: cgroup_of(std::process::id()),
+            clients: Vec::new(),
+            handover: None,
+            predecessor: None,
+            _successor_link: None,
+            last_reload: None,
+            stopping: false,
+            next_check: started,
+            queued: Vec::new(),
+        };
+        if is_main {
+            supervisor.update_status();
+            supervisor.open_control();
         }
-        if ready_fds[0] {
-            while let Ok(Some(info)) = signal_fd.read_signal() {
-                let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
-                    continue;
-                };
-                match signal {
-                    Signal::SIGHUP => warn!(
-                        "SIGHUP received: reloading by hand-over is not available in this version; ignored"
-                    ),
-                    Signal::SIGUSR1 | Signal::SIGUSR2 => forward(&generation, signal),
-                    _ => {
-                        info!(?signal, pid = generation.pid(), "stopping: forwarding the signal to the program");
-                        stopping = true;
-                        forward(&generation, signal);
-                    }
+        Ok(supervisor)
+    }
+
+    fn program_name(&self) -> String {
+        Path::new(&self.config.program.program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "the program".into())
+    }
+
+    /// `generation 3, pid 1234: serving; last reload took 41 ms`.
+    fn status_text(&self) -> String {
+        let g = &self.generation;
+        let mut text = format!("generation {}, pid {}", g.number, g.pid());
+        match (&self.role, &g.program_status) {
+            (Role::Draining { .. }, _) => text.push_str(": draining"),
+            (_, Some(s)) => text.push_str(&format!(": {s}")),
+            (_, None) if g.ready => text.push_str(": serving"),
+            (_, None) => text.push_str(": starting"),
+        }
+        if self.handover.is_some() {
+            text.push_str(&format!(
+                "; reloading (generation {} starting)",
+                g.number + 1
+            ));
+        } else if let Some(outcome) = &self.last_reload {
+            text.push_str("; ");
+            text.push_str(outcome);
+        }
+        text
+    }
+
+    fn update_status(&self) {
+        if self.role == Role::Main {
+            let _ = self.notifier.status(&self.status_text());
+        }
+    }
+
+    fn open_control(&mut self) {
+        match ControlServer::bind() {
+            Ok(server) => self.control = Some(server),
+            Err(e) => warn!(
+                "cannot open the control socket ({e}); `fdstore-exec reload` and `status` will not reach this process"
+            ),
+        }
+    }
+
+    fn ready_deadline(&self) -> Instant {
+        self.generation.started + self.config.ready_timeout
+    }
+
+    fn waiting_for_ready(&self) -> bool {
+        !self.generation.ready && !self.stopping && !matches!(self.role, Role::Draining { .. })
+    }
+
+    fn run(&mut self) -> Result<Outcome, ExecError> {
+        if self.config.ready == ReadyMode::Exec {
+            self.on_program_ready();
+        }
+        loop {
+            if let Some(end) = self.check_timers()? {
+                return Ok(end);
+            }
+            let mut sources = vec![Source::Signals, Source::Relay, Source::Program];
+            if self.control.is_some() {
+                sources.push(Source::Control);
+            }
+            sources.extend((0..self.clients.len()).map(Source::Client));
+            if self.handover.is_some() {
+                sources.push(Source::Successor);
+            }
+            if self.predecessor.is_some() {
+                sources.push(Source::Predecessor);
+            }
+            let readable = {
+                let fds: Vec<BorrowedFd<'_>> = sources.iter().map(|s| self.fd_of(*s)).collect();
+                wait_readable(&fds, self.next_deadline())
+                    .map_err(|e| fail(sysexits::OSERR, format!("poll: {e}")))?
+            };
+            // Clients are removed while handling; go backwards so indexes stay valid.
+            for (source, _) in sources.iter().zip(readable).filter(|(_, r)| *r).rev() {
+                if let Some(end) = self.dispatch(*source)? {
+                    return Ok(end);
                 }
             }
         }
-        if ready_fds[2] {
-            if let Ok(Some(status)) = generation.child.try_wait() {
-                return Ok(finish(&generation, status, stopping, &notifier));
+    }
+
+    fn fd_of(&self, source: Source) -> BorrowedFd<'_> {
+        match source {
+            Source::Signals => self.signal_fd.as_fd(),
+            Source::Relay => self.relay.as_fd(),
+            Source::Program => self.generation.pidfd.as_fd(),
+            Source::Control => self
+                .control
+                .as_ref()
+                .expect("polled only when open")
+                .as_fd(),
+            Source::Client(i) => self.clients[i].as_fd(),
+            Source::Successor => self
+                .handover
+                .as_ref()
+                .expect("polled only during a reload")
+                .channel
+                .as_fd(),
+            Source::Predecessor => self
+                .predecessor
+                .as_ref()
+                .expect("polled only when linked")
+                .as_fd(),
+        }
+    }
+
+    fn dispatch(&mut self, source: Source) -> Result<Option<Outcome>, ExecError> {
+        match source {
+            Source::Signals => self.read_signals(),
+            Source::Relay => {
+                while let Ok(Some(message)) = self.relay.recv() {
+                    self.on_relay(message);
+                }
+            }
+            Source::Program => {
+                if let Ok(Some(status)) = self.generation.child.try_wait() {
+                    return self.on_program_exit(status).map(Some);
+                }
+            }
+            Source::Control => self.accept_clients(),
+            Source::Client(i) => self.on_client(i),
+            Source::Successor => self.on_successor(),
+            Source::Predecessor => return self.on_predecessor(),
+        }
+        Ok(None)
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        let mut until: Option<Instant> = None;
+        let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
+        if self.waiting_for_ready() {
+            consider(self.ready_deadline());
+            match &self.config.ready {
+                ReadyMode::Delay(d) => consider(self.generation.started + *d),
+                ReadyMode::Command(_) => consider(self.next_check),
+                _ => {}
+            }
+        }
+        if let Some(h) = &self.handover {
+            consider(h.deadline);
+        }
+        if let Role::Draining {
+            deadline,
+            killed: false,
+        } = self.role
+        {
+            consider(deadline);
+        }
+        until.map(|u| u.saturating_duration_since(Instant::now()))
+    }
+
+    fn check_timers(&mut self) -> Result<Option<Outcome>, ExecError> {
+        let now = Instant::now();
+        if self.waiting_for_ready() {
+            match &self.config.ready {
+                ReadyMode::Delay(d) if now >= self.generation.started + *d => {
+                    self.on_program_ready()
+                }
+                ReadyMode::Command(cmd) if now >= self.next_check => {
+                    if check_command(cmd) {
+                        self.on_program_ready();
+                    }
+                    self.next_check = Instant::now() + Duration::from_millis(100);
+                }
+                _ => {}
+            }
+            if !self.generation.ready && Instant::now() >= self.ready_deadline() {
+                return Err(self.not_ready_in_time());
+            }
+        }
+        if self.handover.as_ref().is_some_and(|h| now >= h.deadline) {
+            let took = self.config.ready_timeout + HANDOVER_MARGIN;
+            self.fail_reload(format!(
+                "generation {} did not complete the hand-over within {took:?}",
+                self.generation.number + 1
+            ));
+        }
+        if let Role::Draining {
+            deadline,
+            killed: false,
+        } = self.role
+        {
+            if now >= deadline {
+                warn!(
+                    pid = self.generation.pid(),
+                    "generation {} did not finish within the drain timeout ({:?}); killing it",
+                    self.generation.number,
+                    self.config.drain_timeout
+                );
+                let _ = self.generation.child.kill();
+                self.role = Role::Draining {
+                    deadline,
+                    killed: true,
+                };
+            }
+        }
+        Ok(None)
+    }
+
+    fn not_ready_in_time(&mut self) -> ExecError {
+        let message = format!(
+            "{} (generation {}, pid {}) was not ready within {:?}",
+            self.program_name(),
+            self.generation.number,
+            self.generation.pid(),
+            self.config.ready_timeout
+        );
+        error!("{message}; killing it");
+        let _ = self.generation.child.kill();
+        let _ = self.generation.child.wait();
+        match &self.predecessor {
+            Some(channel) if self.role == Role::Successor => {
+                let _ = channel.send(&Message::Failed(message.clone()));
+            }
+            _ => {
+                let _ = self.notifier.status(&message);
+            }
+        }
+        fail(sysexits::UNAVAILABLE, message)
+    }
+
+    // ----- signals -----
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signal_fd.read_signal() {
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            self.on_signal(signal, info.ssi_pid);
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal, sender: u32) {
+        match signal {
+            Signal::SIGHUP => match (self.role, self.config.mode) {
+                (Role::Main, Mode::Handover) => {
+                    info!(sender, "SIGHUP: reloading by hand-over");
+                    self.start_reload(Requester::Signal);
+                }
+                (Role::Main, Mode::Restart) => {
+                    info!("SIGHUP: passing it to the program (--mode=restart)");
+                    self.forward(signal);
+                }
+                _ => info!("SIGHUP ignored: this process is not the main process"),
+            },
+            Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
+            _ => {
+                info!(
+                    ?signal,
+                    sender,
+                    pid = self.generation.pid(),
+                    "stopping: passing the signal to the program"
+                );
+                self.stopping = true;
+                match self.role {
+                    Role::Main if self.handover.is_some() => {
+                        self.fail_reload("the unit is stopping".into())
+                    }
+                    Role::Successor => {
+                        if let Some(channel) = &self.predecessor {
+                            let _ = channel.send(&Message::Failed(format!(
+                                "generation {} received {signal} before the hand-over completed",
+                                self.generation.number
+                            )));
+                        }
+                    }
+                    _ => {}
+                }
+                self.forward(signal);
             }
         }
     }
-}
 
-fn become_ready(generation: &mut Generation, notifier: &Notifier) {
-    generation.ready = true;
-    let took = generation.started.elapsed();
-    info!(
-        pid = generation.pid(),
-        ?took,
-        "generation {} is ready",
-        generation.number
-    );
-    let status = generation.status_text();
-    if let Err(e) = notifier.notify(&[Notification::Ready, Notification::Status(&status)]) {
-        warn!("telling the service manager about readiness: {e}");
-    }
-}
-
-fn handle_message(
-    message: RelayMessage,
-    generation: &mut Generation,
-    mode: &ReadyMode,
-    notifier: &Notifier,
-) {
-    if message.field("READY") == Some("1") && *mode == ReadyMode::Notify && !generation.ready {
-        become_ready(generation, notifier);
-    }
-    if let Some(status) = message.field("STATUS") {
-        generation.program_status = Some(status.to_owned());
-        let _ = notifier.status(&generation.status_text());
-    }
-    // Fields that concern the unit as a whole pass through unchanged.
-    let mut passed = String::new();
-    for line in message.text.lines() {
-        let key = line.split_once('=').map_or(line, |(k, _)| k);
-        match key {
-            "WATCHDOG"
-            | "WATCHDOG_USEC"
-            | "EXTEND_TIMEOUT_USEC"
-            | "ERRNO"
-            | "FDSTORE"
-            | "FDSTOREREMOVE"
-            | "FDNAME"
-            | "FDPOLL" => {
-                passed.push_str(line);
-                passed.push('\n');
-            }
-            "READY" | "STATUS" => {}
-            other => {
-                info!(field = other, pid = ?message.sender_pid, "ignored a notification field from the program")
-            }
+    fn forward(&self, signal: Signal) {
+        // The child is not reaped before its pidfd reports the exit, so its
+        // pid cannot have been reused.
+        let pid = nix::unistd::Pid::from_raw(self.generation.pid() as i32);
+        if let Err(e) = nix::sys::signal::kill(pid, signal) {
+            warn!(
+                ?signal,
+                pid = self.generation.pid(),
+                "sending the signal: {e}"
+            );
         }
     }
-    if !passed.is_empty() {
+
+    // ----- the program -----
+
+    fn on_program_ready(&mut self) {
+        let g = &mut self.generation;
+        g.ready = true;
+        info!(pid = g.pid(), took = ?g.started.elapsed(), "generation {} is ready", g.number);
+        match self.role {
+            Role::Main => {
+                let status = self.status_text();
+                if let Err(e) = self
+                    .notifier
+                    .notify(&[Notification::Ready, Notification::Status(&status)])
+                {
+                    warn!("telling the service manager about readiness: {e}");
+                }
+            }
+            Role::Successor => {
+                if let Some(channel) = &self.predecessor {
+                    if let Err(e) = channel.send(&Message::Ready) {
+                        warn!("telling the old generation about readiness: {e}");
+                    }
+                }
+            }
+            Role::Draining { .. } => {}
+        }
+    }
+
+    fn on_relay(&mut self, message: RelayMessage) {
+        if matches!(self.role, Role::Draining { .. }) {
+            debug!(text = %message.text, "ignored a notification from a draining program");
+            return;
+        }
+        if message.field("READY") == Some("1")
+            && self.config.ready == ReadyMode::Notify
+            && !self.generation.ready
+            && !self.stopping
+        {
+            self.on_program_ready();
+        }
+        if let Some(status) = message.field("STATUS") {
+            self.generation.program_status = Some(status.to_owned());
+            self.update_status();
+        }
+        // Fields that concern the unit as a whole pass through unchanged.
+        let mut passed = String::new();
+        for line in message.text.lines() {
+            let key = line.split_once('=').map_or(line, |(k, _)| k);
+            match key {
+                "WATCHDOG"
+                | "WATCHDOG_USEC"
+                | "EXTEND_TIMEOUT_USEC"
+                | "ERRNO"
+                | "FDSTORE"
+                | "FDSTOREREMOVE"
+                | "FDNAME"
+                | "FDPOLL" => {
+                    passed.push_str(line);
+                    passed.push('\n');
+                }
+                "READY" | "STATUS" => {}
+                other => {
+                    info!(field = other, pid = ?message.sender_pid, "ignored a notification field from the program")
+                }
+            }
+        }
+        if passed.is_empty() {
+            return;
+        }
+        let relayed = RelayMessage {
+            text: passed,
+            ..message
+        };
+        if self.role == Role::Successor {
+            if self.queued.len() < MAX_QUEUED {
+                self.queued.push(relayed);
+            } else {
+                warn!("dropped a notification of the new program: too many before it became the main process");
+            }
+        } else {
+            self.relay_to_manager(&relayed);
+        }
+    }
+
+    fn relay_to_manager(&self, message: &RelayMessage) {
         let fds: Vec<BorrowedFd<'_>> = message.fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(e) = notifier.send_raw(passed.as_bytes(), &fds) {
+        if let Err(e) = self.notifier.send_raw(message.text.as_bytes(), &fds) {
             warn!("relaying the program's notification: {e}");
         }
     }
-}
 
-fn forward(generation: &Generation, signal: Signal) {
-    let pid = nix::unistd::Pid::from_raw(generation.pid() as i32);
-    if let Err(e) = nix::sys::signal::kill(pid, signal) {
-        warn!(
-            ?signal,
-            pid = generation.pid(),
-            "forwarding the signal: {e}"
-        );
+    fn on_program_exit(&mut self, status: ExitStatus) -> Result<Outcome, ExecError> {
+        let described = describe(status);
+        let g = &self.generation;
+        match self.role {
+            Role::Draining { killed, .. } => {
+                info!(
+                    pid = g.pid(),
+                    took = ?g.started.elapsed(),
+                    "generation {} {described}{}; its hand-over is complete",
+                    g.number,
+                    if killed { " (killed after the drain timeout)" } else { "" }
+                );
+                Ok(Outcome::Exit(0))
+            }
+            Role::Successor => {
+                let when = if g.ready {
+                    "before the hand-over completed"
+                } else {
+                    "before it was ready"
+                };
+                let message = format!(
+                    "{} (generation {}, pid {}) {described} {when}",
+                    self.program_name(),
+                    g.number,
+                    g.pid()
+                );
+                error!("{message}");
+                if let Some(channel) = &self.predecessor {
+                    let _ = channel.send(&Message::Failed(message.clone()));
+                }
+                Err(fail(sysexits::UNAVAILABLE, message))
+            }
+            Role::Main => {
+                if self.handover.is_some() {
+                    self.fail_reload(format!(
+                        "the serving generation {} {described}",
+                        self.generation.number
+                    ));
+                }
+                Ok(self.finish(status))
+            }
+        }
     }
-}
 
-fn finish(
-    generation: &Generation,
-    status: ExitStatus,
-    stopping: bool,
-    notifier: &Notifier,
-) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    let described = describe(status);
-    if stopping {
-        info!(
-            pid = generation.pid(),
-            "the program {described} after the stop signal"
-        );
-    } else {
-        let when = if generation.ready {
-            "while serving"
+    fn finish(&self, status: ExitStatus) -> Outcome {
+        use std::os::unix::process::ExitStatusExt;
+        let g = &self.generation;
+        let described = describe(status);
+        if self.stopping {
+            info!(
+                pid = g.pid(),
+                "the program {described} after the stop signal"
+            );
         } else {
-            "before it was ready"
-        };
-        error!(pid = generation.pid(), "the program {described} {when}");
-        let _ = notifier.status(&format!(
-            "generation {} (pid {}) {described} {when}",
-            generation.number,
-            generation.pid()
-        ));
+            let when = if g.ready {
+                "while serving"
+            } else {
+                "before it was ready"
+            };
+            error!(pid = g.pid(), "the program {described} {when}");
+            let _ = self.notifier.status(&format!(
+                "generation {} (pid {}) {described} {when}",
+                g.number,
+                g.pid()
+            ));
+        }
+        match (status.code(), status.signal()) {
+            (Some(0), _) if !self.stopping && !g.ready => Outcome::Exit(1),
+            (Some(code), _) => Outcome::Exit(code),
+            (None, Some(signal)) => match Signal::try_from(signal) {
+                Ok(signal) => Outcome::Signal(signal),
+                Err(_) => Outcome::Exit(128 + signal),
+            },
+            (None, None) => Outcome::Exit(1),
+        }
     }
-    match (status.code(), status.signal()) {
-        (Some(0), _) if !stopping && !generation.ready => Outcome::Exit(1),
-        (Some(code), _) => Outcome::Exit(code),
-        (None, Some(signal)) => match Signal::try_from(signal) {
-            Ok(signal) => Outcome::Signal(signal),
-            Err(_) => Outcome::Exit(128 + signal),
-        },
-        (None, None) => Outcome::Exit(1),
+
+    /// Stops the program: with the drain signal and timeout when it may be
+    /// serving, at once when it never became ready.
+    fn stop_program(&mut self) {
+        if self.generation.ready {
+            self.forward(self.config.drain_signal);
+            self.role = Role::Draining {
+                deadline: Instant::now() + self.config.drain_timeout,
+                killed: false,
+            };
+        } else {
+            let _ = self.generation.child.kill();
+            self.role = Role::Draining {
+                deadline: Instant::now(),
+                killed: true,
+            };
+        }
+    }
+
+    // ----- the control socket -----
+
+    fn accept_clients(&mut self) {
+        let Some(server) = &self.control else { return };
+        loop {
+            match server.accept() {
+                Ok(Some(connection)) if self.clients.len() < MAX_CLIENTS => {
+                    self.clients.push(connection)
+                }
+                Ok(Some(connection)) => {
+                    let _ = connection.reply(&Reply::Err(
+                        Refusal::Busy,
+                        "too many control connections at once; try again".into(),
+                    ));
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("accepting a control connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_client(&mut self, index: usize) {
+        let request = match self.clients[index].read_request() {
+            Ok(None) => return,
+            Ok(Some(request)) => request,
+            Err(_) => {
+                self.clients.swap_remove(index);
+                return;
+            }
+        };
+        let connection = self.clients.swap_remove(index);
+        match request {
+            Err(text) => {
+                let _ = connection.reply(&Reply::Err(
+                    Refusal::Invalid,
+                    format!(
+                        "{:?} is not a request; send RELOAD or STATUS",
+                        text.trim_end()
+                    ),
+                ));
+            }
+            Ok(Request::Status) => {
+                let _ = connection.reply(&Reply::Ok(self.status_text()));
+            }
+            Ok(Request::Reload) => {
+                if connection.may_reload(self.own_cgroup.as_deref()) {
+                    info!(
+                        client_pid = connection.peer_pid,
+                        client_uid = connection.peer_uid,
+                        "reload requested"
+                    );
+                    self.start_reload(Requester::Client(connection));
+                } else {
+                    warn!(
+                        client_pid = connection.peer_pid,
+                        client_uid = connection.peer_uid,
+                        "refused a reload request from outside the unit"
+                    );
+                    let _ = connection.reply(&Reply::Err(
+                        Refusal::Denied,
+                        format!(
+                            "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
+                            connection.peer_pid, connection.peer_uid
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    // ----- reloads, seen from the old main process -----
+
+    fn refuse(&self, requester: Requester, kind: Refusal, text: String) {
+        warn!("reload refused: {text}");
+        match requester {
+            Requester::Client(connection) => {
+                let _ = connection.reply(&Reply::Err(kind, text));
+            }
+            Requester::Signal => {
+                // Type=notify-reload waits for RELOADING=1 and READY=1.
+                let status = format!("{}; reload refused: {text}", self.status_text());
+                let _ = self.notifier.notify(&[Notification::Reloading]);
+                let _ = self
+                    .notifier
+                    .notify(&[Notification::Ready, Notification::Status(&status)]);
+            }
+        }
+    }
+
+    fn start_reload(&mut self, requester: Requester) {
+        let n = self.generation.number;
+        if self.config.mode == Mode::Restart {
+            return self.refuse(
+                requester,
+                Refusal::Unsupported,
+                "fdstore-exec runs with --mode=restart: listeners stay in the fd store across `systemctl restart`; reload by hand-over is off".into(),
+            );
+        }
+        if let Some(h) = &self.handover {
+            return self.refuse(
+                requester,
+                Refusal::Busy,
+                format!(
+                    "a reload is already in progress (generation {} starting for {} ms); wait for it to finish, then try again",
+                    n + 1,
+                    h.started.elapsed().as_millis()
+                ),
+            );
+        }
+        if self.stopping {
+            return self.refuse(requester, Refusal::Stopping, "the unit is stopping".into());
+        }
+        if !self.generation.ready {
+            return self.refuse(
+                requester,
+                Refusal::Busy,
+                format!("generation {n} is still starting; reload once it is ready"),
+            );
+        }
+        if matches!(requester, Requester::Signal) {
+            let _ = self.notifier.notify(&[Notification::Reloading]);
+        }
+        let started = Instant::now();
+        let spawned = Channel::pair().and_then(|(ours, theirs)| {
+            let mut intermediate = spawn_successor(
+                &self.config.program.trampoline,
+                &self.config.args,
+                &self.listeners.active,
+                theirs,
+                n + 1,
+                &self.listeners.managed,
+            )?;
+            // Reaped before anything is said to the manager, so the new
+            // process is re-parented to it.
+            let status = intermediate.wait()?;
+            if status.success() {
+                Ok(ours)
+            } else {
+                Err(std::io::Error::other(format!(
+                    "the intermediate process {}",
+                    describe(status)
+                )))
+            }
+        });
+        let channel = match spawned {
+            Ok(channel) => channel,
+            Err(e) => {
+                let reason = format!("could not start generation {}: {e}", n + 1);
+                return self.reload_failed(requester, started, reason);
+            }
+        };
+        info!("starting generation {}", n + 1);
+        self.handover = Some(Handover {
+            channel,
+            requester,
+            started,
+            deadline: started + self.config.ready_timeout + HANDOVER_MARGIN,
+            successor: None,
+            main_sent: false,
+        });
+        self.update_status();
+    }
+
+    fn on_successor(&mut self) {
+        loop {
+            let Some(h) = &self.handover else { return };
+            let message = match h.channel.recv() {
+                Ok(None) => return,
+                Ok(Some(message)) => message,
+                Err(e) => {
+                    self.fail_reload(format!("the hand-over channel failed: {e}"));
+                    return;
+                }
+            };
+            match message {
+                Some(Message::Hello(pid)) => self.on_successor_hello(pid),
+                Some(Message::Ready) => self.on_successor_ready(),
+                Some(Message::Failed(reason)) => self.fail_reload(reason),
+                Some(Message::Done) => return self.complete_reload(),
+                Some(other) => debug!(?other, "unexpected message from the new generation"),
+                None => {
+                    let pid = h.successor.as_ref().map(|s| s.0);
+                    let when = if h.main_sent {
+                        "after it was made the main process"
+                    } else {
+                        "before its program was ready"
+                    };
+                    return self.fail_reload(format!(
+                        "the new fdstore-exec (generation {}, pid {}) went away {when}; see the journal",
+                        self.generation.number + 1,
+                        pid.map_or("unknown".into(), |p| p.to_string())
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_successor_hello(&mut self, pid: u32) {
+        let manager = std::os::unix::process::parent_id();
+        match parent_of(pid) {
+            Some(parent) if parent == manager => {}
+            parent => {
+                return self.fail_reload(format!(
+                    "the new generation (pid {pid}) has parent {parent:?}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
+                ));
+            }
+        }
+        let pidfd = match Pid::from_raw(pid as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| pidfd_open(p, PidfdFlags::empty()))
+        {
+            Ok(fd) => fd,
+            Err(e) => {
+                return self.fail_reload(format!("watching the new generation (pid {pid}): {e}"))
+            }
+        };
+        debug!(pid, "generation {} started", self.generation.number + 1);
+        if let Some(h) = &mut self.handover {
+            h.successor = Some((pid, pidfd));
+        }
+    }
+
+    fn on_successor_ready(&mut self) {
+        let Some((pid, _)) = self.handover.as_ref().and_then(|h| h.successor.as_ref()) else {
+            return self.fail_reload("the new generation reported readiness before its pid".into());
+        };
+        let pid = *pid;
+        if let Err(e) = self.notifier.notify(&[Notification::MainPid(pid)]) {
+            return self.fail_reload(format!("sending MAINPID={pid}: {e}"));
+        }
+        if let Err(e) = self.notifier.barrier(BARRIER_TIMEOUT) {
+            warn!("waiting for the manager to process MAINPID={pid}: {e}");
+        }
+        // A stop that raced the MAINPID= message shows up as a signal to us:
+        // the manager then ignored MAINPID=, and the hand-over must end here.
+        self.read_signals();
+        let Some(h) = &mut self.handover else { return };
+        let took = h.started.elapsed().as_millis() as u64;
+        if let Err(e) = h.channel.send(&Message::Main(took)) {
+            return self.fail_reload(format!(
+                "telling generation {} it is the main process: {e}",
+                self.generation.number + 1
+            ));
+        }
+        h.main_sent = true;
+        info!(
+            pid,
+            "generation {} is the main process now",
+            self.generation.number + 1
+        );
+    }
+
+    fn complete_reload(&mut self) {
+        let Some(h) = self.handover.take() else {
+            return;
+        };
+        let pid = h.successor.as_ref().map_or(0, |s| s.0);
+        let text = format!(
+            "generation {} (pid {pid}) is serving; the hand-over took {} ms",
+            self.generation.number + 1,
+            h.started.elapsed().as_millis()
+        );
+        info!("{text}; draining generation {}", self.generation.number);
+        if let Requester::Client(connection) = &h.requester {
+            let _ = connection.reply(&Reply::Ok(text));
+        }
+        self._successor_link = Some(h.channel);
+        self.control = None;
+        for connection in self.clients.drain(..) {
+            let _ = connection.reply(&Reply::Err(
+                Refusal::Unsupported,
+                format!("this process handed over to pid {pid}; ask that one"),
+            ));
+        }
+        self.forward(self.config.drain_signal);
+        self.role = Role::Draining {
+            deadline: Instant::now() + self.config.drain_timeout,
+            killed: false,
+        };
+    }
+
+    /// Ends the reload in progress as failed; the new generation (if it
+    /// still runs) stops when its channel closes.
+    fn fail_reload(&mut self, reason: String) {
+        if let Some(h) = self.handover.take() {
+            drop(h.channel);
+            self.reload_failed(h.requester, h.started, reason);
+        }
+    }
+
+    fn reload_failed(&mut self, requester: Requester, started: Instant, reason: String) {
+        error!(
+            "reload failed after {} ms: {reason}; generation {} keeps serving",
+            started.elapsed().as_millis(),
+            self.generation.number
+        );
+        self.last_reload = Some(format!("reload failed: {reason}"));
+        self.update_status();
+        match requester {
+            Requester::Client(connection) => {
+                let kind = if self.stopping {
+                    Refusal::Stopping
+                } else {
+                    Refusal::Failed
+                };
+                let _ = connection.reply(&Reply::Err(
+                    kind,
+                    format!(
+                        "{reason}; generation {} (pid {}) keeps serving",
+                        self.generation.number,
+                        self.generation.pid()
+                    ),
+                ));
+            }
+            Requester::Signal if !self.stopping => {
+                let status = self.status_text();
+                let _ = self
+                    .notifier
+                    .notify(&[Notification::Ready, Notification::Status(&status)]);
+            }
+            Requester::Signal => {}
+        }
+    }
+
+    // ----- reloads, seen from the new generation -----
+
+    fn on_predecessor(&mut self) -> Result<Option<Outcome>, ExecError> {
+        loop {
+            let Some(channel) = &self.predecessor else {
+                return Ok(None);
+            };
+            let message = match channel.recv() {
+                Ok(None) => return Ok(None),
+                Ok(Some(message)) => message,
+                Err(e) => {
+                    warn!("hand-over channel: {e}");
+                    None
+                }
+            };
+            match (message, self.role) {
+                (Some(Message::Main(took)), Role::Successor) => self.become_main(took),
+                (None, Role::Successor) => {
+                    self.predecessor = None;
+                    warn!(
+                        "the old generation abandoned the hand-over; stopping generation {}",
+                        self.generation.number
+                    );
+                    self.stop_program();
+                    return Ok(None);
+                }
+                (None, _) => {
+                    self.predecessor = None;
+                    self.retire_listeners();
+                    return Ok(None);
+                }
+                (Some(other), _) => debug!(?other, "unexpected message from the old generation"),
+            }
+        }
+    }
+
+    fn become_main(&mut self, took_ms: u64) {
+        self.role = Role::Main;
+        self.last_reload = Some(format!("last reload took {took_ms} ms"));
+        let status = self.status_text();
+        if let Err(e) = self
+            .notifier
+            .notify(&[Notification::Ready, Notification::Status(&status)])
+        {
+            warn!("telling the service manager about readiness: {e}");
+        }
+        for name in std::mem::take(&mut self.listeners.unstored) {
+            if let Some(fd) = self.listeners.active.iter().find(|l| l.name() == name) {
+                store(&self.notifier, fd);
+            }
+        }
+        for message in std::mem::take(&mut self.queued) {
+            self.relay_to_manager(&message);
+        }
+        self.open_control();
+        if let Some(channel) = &self.predecessor {
+            let _ = channel.send(&Message::Done);
+        }
+        info!(
+            pid = std::process::id(),
+            "generation {} is the main process", self.generation.number
+        );
+    }
+
+    fn retire_listeners(&mut self) {
+        for fd in std::mem::take(&mut self.listeners.retired) {
+            match self.notifier.remove_fds(fd.name()) {
+                Ok(_) => info!(
+                    name = fd.name(),
+                    "closed a removed listener and removed it from the fd store"
+                ),
+                Err(e) => warn!(
+                    name = fd.name(),
+                    "removing the listener from the fd store: {e}"
+                ),
+            }
+            drop::<NamedFd>(fd);
+        }
     }
 }
 

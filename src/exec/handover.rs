@@ -1,0 +1,332 @@
+//! The private channel between two generations, and starting the next one.
+//!
+//! The outgoing main process (the *predecessor*) starts the next generation
+//! through a short-lived intermediate process (`fdstore-exec __spawn`), which
+//! starts the new fdstore-exec and exits at once. The predecessor reaps the
+//! intermediate, so the new process is re-parented to the service manager
+//! (the child subreaper) before anyone tells the manager about it: when it
+//! later becomes the main process, the manager supervises it as its own
+//! child.
+//!
+//! The new process finds the listeners at descriptors 3, 4, ... under the
+//! usual `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` protocol, and the channel
+//! right after them, described by [`HANDOVER_ENV`]. The channel is a
+//! `SOCK_SEQPACKET` socket pair carrying one text message per packet:
+//!
+//! | direction | message | meaning |
+//! |---|---|---|
+//! | new → old | `HELLO PID` | the new process runs as PID |
+//! | new → old | `READY` | its program is ready |
+//! | new → old | `FAILED REASON` | its program failed; it is going away |
+//! | old → new | `MAIN MILLISECONDS` | `MAINPID=` was sent and processed; the hand-over has taken this long |
+//! | new → old | `DONE` | it sent `READY=1` as the main process |
+//!
+//! Either side closing the channel early aborts the hand-over: the new
+//! generation stops its program and exits, the old one keeps serving.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use rustix::io::Errno;
+use rustix::net::{
+    recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+};
+
+use crate::listen::{NamedFd, LISTEN_FDS_START};
+
+/// The environment variable that tells a new fdstore-exec it is taking over:
+/// `fd=N,generation=G,managed=NAME:NAME...`.
+pub const HANDOVER_ENV: &str = "FDSTORE_EXEC_HANDOVER";
+
+/// The hidden first argument of the intermediate process.
+pub const SPAWN_ARG: &str = "__spawn";
+
+/// A message on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The new process runs as this pid.
+    Hello(u32),
+    /// The new generation's program is ready.
+    Ready,
+    /// The new generation failed, for this reason.
+    Failed(String),
+    /// The new process is now the main process; the hand-over has taken this
+    /// many milliseconds so far.
+    Main(u64),
+    /// The new main process has told the manager it is ready.
+    Done,
+}
+
+impl Message {
+    fn to_text(&self) -> String {
+        match self {
+            Message::Hello(pid) => format!("HELLO {pid}"),
+            Message::Ready => "READY".into(),
+            Message::Failed(reason) => format!("FAILED {reason}"),
+            Message::Main(ms) => format!("MAIN {ms}"),
+            Message::Done => "DONE".into(),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Message> {
+        let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+        match word {
+            "HELLO" => rest.parse().ok().map(Message::Hello),
+            "READY" => Some(Message::Ready),
+            "FAILED" => Some(Message::Failed(rest.to_owned())),
+            "MAIN" => rest.parse().ok().map(Message::Main),
+            "DONE" => Some(Message::Done),
+            _ => None,
+        }
+    }
+}
+
+/// One end of the channel.
+#[derive(Debug)]
+pub struct Channel {
+    socket: OwnedFd,
+}
+
+impl Channel {
+    /// A connected pair, both ends close-on-exec.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok((Channel { socket: a }, Channel { socket: b }))
+    }
+
+    /// Wraps an inherited descriptor.
+    pub fn from_fd(socket: OwnedFd) -> Channel {
+        Channel { socket }
+    }
+
+    /// Sends a message.
+    pub fn send(&self, message: &Message) -> io::Result<()> {
+        send(
+            &self.socket,
+            message.to_text().as_bytes(),
+            SendFlags::NOSIGNAL,
+        )?;
+        Ok(())
+    }
+
+    /// Receives a pending message: `Ok(Some(None))` when the other side
+    /// closed the channel, `Ok(None)` when nothing is pending.
+    pub fn recv(&self) -> io::Result<Option<Option<Message>>> {
+        let mut buf = [0u8; 4096];
+        match recv(&self.socket, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => Ok(Some(None)),
+            Ok((n, _)) => {
+                let text = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
+                Message::parse(&text).map(|m| Some(Some(m))).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected message on the hand-over channel: {text:?}"),
+                    )
+                })
+            }
+            Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(None),
+            Err(Errno::CONNRESET) => Ok(Some(None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// What a new generation learns from [`HANDOVER_ENV`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inheritance {
+    /// The channel's descriptor number.
+    pub fd: i32,
+    /// The generation number of the new process.
+    pub generation: u64,
+    /// Names of listeners the predecessor created from specs (as opposed to
+    /// those systemd passed from socket units).
+    pub managed: Vec<String>,
+}
+
+impl Inheritance {
+    /// Formats the variable's value.
+    pub fn to_env(&self) -> String {
+        format!(
+            "fd={},generation={},managed={}",
+            self.fd,
+            self.generation,
+            self.managed.join(":")
+        )
+    }
+
+    /// Parses the variable's value.
+    pub fn parse(value: &str) -> Result<Inheritance, String> {
+        let bad = || {
+            format!("{HANDOVER_ENV}={value:?} is malformed (it is internal to fdstore-exec; do not set it)")
+        };
+        let rest = value.strip_prefix("fd=").ok_or_else(bad)?;
+        let (fd, rest) = rest.split_once(',').ok_or_else(bad)?;
+        let rest = rest.strip_prefix("generation=").ok_or_else(bad)?;
+        let (generation, rest) = rest.split_once(',').ok_or_else(bad)?;
+        let managed = rest.strip_prefix("managed=").ok_or_else(bad)?;
+        let fd: i32 = fd.parse().map_err(|_| bad())?;
+        if fd < LISTEN_FDS_START {
+            return Err(bad());
+        }
+        Ok(Inheritance {
+            fd,
+            generation: generation.parse().map_err(|_| bad())?,
+            managed: managed
+                .split(':')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+}
+
+/// Starts the next generation: `fdstore_exec __spawn -- fdstore_exec __exec
+/// -- fdstore_exec ARGS...` with the listeners at 3, 4, ... and the channel
+/// after them. Returns the intermediate process, which the caller must reap
+/// (it exits as soon as it has started the new process).
+pub fn spawn_successor(
+    fdstore_exec: &Path,
+    args: &[OsString],
+    listeners: &[NamedFd],
+    channel: Channel,
+    generation: u64,
+    managed: &[String],
+) -> io::Result<Child> {
+    let inheritance = Inheritance {
+        fd: LISTEN_FDS_START + listeners.len() as i32,
+        generation,
+        managed: managed.to_vec(),
+    };
+    let mut command = Command::new(fdstore_exec);
+    command
+        .arg(SPAWN_ARG)
+        .arg("--")
+        .arg(fdstore_exec)
+        .arg(super::program::TRAMPOLINE_ARG)
+        .arg("--")
+        .arg(fdstore_exec)
+        .args(args)
+        .env_remove("LISTEN_PID")
+        .env("LISTEN_FDS", listeners.len().to_string())
+        .env(
+            "LISTEN_FDNAMES",
+            listeners
+                .iter()
+                .map(NamedFd::name)
+                .collect::<Vec<_>>()
+                .join(":"),
+        )
+        .env(HANDOVER_ENV, inheritance.to_env())
+        .stdin(Stdio::null());
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
+    fds.push(channel.as_fd());
+    crate::sys::spawn::pass_fds(&mut command, &fds)?;
+    command.spawn()
+}
+
+/// The intermediate process: starts `args` and exits without waiting for it.
+pub fn run_intermediate(args: &[OsString]) -> i32 {
+    let Some((program, rest)) = args.split_first() else {
+        eprintln!("fdstore-exec: {SPAWN_ARG} needs a program");
+        return 64;
+    };
+    match Command::new(program).args(rest).spawn() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!(
+                "fdstore-exec: cannot start {}: {e}",
+                Path::new(program).display()
+            );
+            71
+        }
+    }
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain them.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Message::Hello(42),
+            Message::Ready,
+            Message::Failed("app exited with status 1 before ready".into()),
+            Message::Main(17),
+            Message::Done,
+        ] {
+            assert_eq!(Message::parse(&m.to_text()), Some(m));
+        }
+        assert_eq!(Message::parse("HELLO x"), None);
+        assert_eq!(Message::parse("WHAT"), None);
+    }
+
+    #[test]
+    fn inheritance_round_trips() {
+        let i = Inheritance {
+            fd: 5,
+            generation: 3,
+            managed: vec!["web".into(), "api v2".into()],
+        };
+        assert_eq!(Inheritance::parse(&i.to_env()), Ok(i));
+        let none = Inheritance {
+            fd: 3,
+            generation: 2,
+            managed: vec![],
+        };
+        assert_eq!(Inheritance::parse(&none.to_env()), Ok(none));
+    }
+
+    #[test]
+    fn inheritance_rejects_garbage() {
+        for bad in [
+            "",
+            "fd=1,generation=2,managed=",
+            "fd=x,generation=2,managed=",
+            "generation=2",
+        ] {
+            let e = Inheritance::parse(bad).unwrap_err();
+            assert!(e.contains("do not set it"), "{e}");
+        }
+    }
+
+    #[test]
+    fn channel_carries_messages_and_end_of_file() {
+        let (a, b) = Channel::pair().unwrap();
+        assert_eq!(b.recv().unwrap(), None);
+        a.send(&Message::Hello(7)).unwrap();
+        assert_eq!(b.recv().unwrap(), Some(Some(Message::Hello(7))));
+        drop(a);
+        assert_eq!(b.recv().unwrap(), Some(None));
+    }
+
+    #[test]
+    fn parent_of_self_is_our_parent() {
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Which listeners a generation has: received ones, created ones, and ones
+//! that were removed from the configuration.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use tracing::{info, warn};
+
+use super::config::{fail, sysexits, ExecError};
+use super::listen_file::read_listen_file;
+use crate::listen::{ListenFds, NamedFd};
+use crate::notify::{FdPoll, Notifier};
+use crate::spec::ListenerSpec;
+use crate::UnsetEnv;
+
+/// The listeners of one generation.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerSet {
+    /// What the program gets, in order.
+    pub active: Vec<NamedFd>,
+    /// Names created from specs (`--listen`, `--listen-file`), which the
+    /// next generation may retire.
+    pub managed: Vec<String>,
+    /// Names created by this generation that are not yet in the fd store
+    /// (a new generation may store only once it is the main process).
+    pub unstored: Vec<String>,
+    /// Listeners the configuration no longer names: kept open until the old
+    /// generation is gone, then closed and removed from the fd store.
+    pub retired: Vec<NamedFd>,
+}
+
+/// All specs: `--listen` ones, then the listener file's. Duplicate names are
+/// an error.
+pub(crate) fn all_specs(
+    listen: &[ListenerSpec],
+    listen_file: Option<&std::path::Path>,
+) -> Result<Vec<ListenerSpec>, ExecError> {
+    let mut specs = listen.to_vec();
+    if let Some(path) = listen_file {
+        specs.extend(read_listen_file(path).map_err(|e| fail(sysexits::USAGE, e))?);
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|s| s.name() == spec.name()) {
+            return Err(fail(
+                sysexits::USAGE,
+                format!(
+                    "the listener name {:?} is given twice (in --listen or the listener file); give every listener its own name",
+                    spec.name()
+                ),
+            ));
+        }
+    }
+    Ok(specs)
+}
+
+/// Takes the descriptors passed in `LISTEN_FDS` and creates the listeners
+/// in `specs` that were not passed.
+///
+/// `previously_managed` lists the names the previous generation created from
+/// specs (empty for the first generation). `is_main` says whether new
+/// listeners may be put into the fd store at once.
+pub(crate) fn gather(
+    specs: &[ListenerSpec],
+    previously_managed: &[String],
+    is_main: bool,
+    notifier: &Notifier,
+) -> Result<ListenerSet, ExecError> {
+    let received = ListenFds::from_env(UnsetEnv::Yes)
+        .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))?;
+    let mut set = ListenerSet {
+        managed: specs.iter().map(|s| s.name().to_owned()).collect(),
+        ..ListenerSet::default()
+    };
+    for fd in received {
+        let spec = specs.iter().find(|s| s.name() == fd.name());
+        match spec {
+            Some(spec) => {
+                if let Some(problem) = spec.mismatch(&fd) {
+                    if !is_main {
+                        return Err(fail(
+                            sysexits::USAGE,
+                            format!(
+                                "the listener {:?} cannot become {spec}: {problem}. A listener keeps its address across a reload; give the new address a new name (the old one is closed after the reload), or restart the unit",
+                                fd.name()
+                            ),
+                        ));
+                    }
+                    warn!(
+                        name = fd.name(),
+                        "the descriptor systemd passed as {:?} does not match --listen {spec}: {problem}; using the descriptor",
+                        fd.name()
+                    );
+                }
+            }
+            None if previously_managed.iter().any(|n| n == fd.name()) => {
+                info!(
+                    name = fd.name(),
+                    "listener removed from the configuration; it closes when the old generation is gone"
+                );
+                set.retired.push(fd);
+                continue;
+            }
+            None => {}
+        }
+        info!(name = fd.name(), fd = fd.as_raw_fd(), "received listener");
+        set.active.push(fd);
+    }
+    for spec in specs {
+        if set.active.iter().any(|l| l.name() == spec.name()) {
+            continue;
+        }
+        let fd = spec
+            .bind()
+            .map_err(|e| fail(sysexits::UNAVAILABLE, e.to_string()))?;
+        if is_main {
+            store(notifier, &fd);
+        } else {
+            info!(listener = %spec, "created listener; it goes into the fd store once this generation is the main process");
+            set.unstored.push(spec.name().to_owned());
+        }
+        set.active.push(fd);
+    }
+    Ok(set)
+}
+
+/// Puts a listener into the fd store, logging the outcome.
+pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
+    match notifier.store_fds(fd.name(), &[fd.as_fd()], FdPoll::Watch) {
+        Ok(_) => info!(name = fd.name(), "listener put into the fd store"),
+        Err(e) => warn!(
+            name = fd.name(),
+            "could not put the listener into the fd store ({e}); it will not survive a restart"
+        ),
+    }
+}
