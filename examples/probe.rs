@@ -25,6 +25,7 @@
 //! | `run PROGRAM ARG... end-run` | run a command, report its stdout |
 //! | `fdstore-max` | `fdstore-max N` or `fdstore-max unknown` |
 //! | `open-fds` | `open-fd N KIND` for every open descriptor |
+//! | `ignore-stop` | after the last action, ignore SIGTERM (a program that never drains) |
 //!
 //! After the last action it waits for SIGTERM; then it stops accepting,
 //! finishes the answers under way and exits, leaving queued connections on the
@@ -114,6 +115,7 @@ fn main() {
     let mut fds = ListenFds::new();
     let mut listeners: HashMap<String, TcpListener> = HashMap::new();
     let mut servers = Vec::new();
+    let mut ignore_stop = false;
     let mut args = args.into_iter();
     while let Some(action) = args.next() {
         let mut arg = || args.next().expect("missing argument");
@@ -234,6 +236,7 @@ fn main() {
                     report.line(format!("open-fd {n}"));
                 }
             }
+            "ignore-stop" => ignore_stop = true,
             other => {
                 report.line(format!("unknown action {other}"));
                 std::process::exit(64);
@@ -242,6 +245,12 @@ fn main() {
     }
     report.line("waiting");
     term.wait().expect("waiting for SIGTERM");
+    if ignore_stop {
+        loop {
+            report.line("ignoring SIGTERM");
+            term.wait().expect("waiting for SIGTERM");
+        }
+    }
     STOP.store(true, Ordering::SeqCst);
     for server in servers {
         let _ = server.join();

@@ -68,5 +68,58 @@ fn the_same_name_twice_is_refused() {
         "/bin/true",
     ]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("names \"web\" twice"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"web\" is given twice"));
+}
+
+#[test]
+fn a_bad_listener_file_names_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("fdstore-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("listeners");
+    std::fs::write(
+        &file,
+        "# ok\nweb=tcp:127.0.0.1:20003\nadmin=tcp:localhost\n",
+    )
+    .unwrap();
+    let out = fdstore_exec(&["--listen-file", file.to_str().unwrap(), "--", "/bin/true"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listeners, line 3"), "{stderr}");
+}
+
+#[test]
+fn a_missing_listener_file_is_a_usage_error() {
+    let out = fdstore_exec(&["--listen-file", "/nonexistent/fdstore", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fdstore"));
+}
+
+#[test]
+fn reload_without_a_target_says_how_to_give_one() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fdstore-exec"))
+        .arg("reload")
+        .env_remove("MAINPID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ExecReload="), "{stderr}");
+    assert!(stderr.contains("--pid"), "{stderr}");
+}
+
+#[test]
+fn status_of_a_process_without_control_socket_fails_clearly() {
+    // Our own pid: alive, but it is no fdstore-exec.
+    let pid = std::process::id().to_string();
+    let out = fdstore_exec(&["status", "--pid", &pid]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no fdstore control socket"));
+}
+
+#[test]
+fn a_bad_drain_signal_is_a_usage_error() {
+    let out = fdstore_exec(&["--drain-signal", "SIGNOPE", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGNOPE"));
 }

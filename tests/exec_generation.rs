@@ -4,7 +4,8 @@
 mod support;
 
 use std::path::Path;
-use support::{answer, free_port, probe, report_lines, wait_for_line, Systemd};
+use std::time::Duration;
+use support::{answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -225,7 +226,13 @@ fn crash_restarts_with_the_same_listener_and_no_refused_client(sd: &Systemd) {
         rustix::process::Signal::ABORT,
     )
     .unwrap();
-    // During the 300 ms before the restart, a client is queued, not refused.
+    // Once the program is gone, and during the 300 ms before the restart, a
+    // client is queued, not refused.
+    wait_for(
+        &format!("pid {program} to end"),
+        Duration::from_secs(10),
+        || (!std::path::Path::new(&format!("/proc/{program}")).exists()).then_some(()),
+    );
     let queued = std::thread::spawn(move || answer(port));
     sd.wait_for_journal("was killed by SIGABRT while serving");
     let line = queued.join().unwrap();

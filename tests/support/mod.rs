@@ -127,3 +127,92 @@ pub fn report_lines(report: &std::path::Path, prefix: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// What a [`Traffic`] run saw.
+#[derive(Debug, Default)]
+pub struct TrafficCount {
+    /// Complete answers.
+    pub ok: u64,
+    /// Failed requests (connection refused, reset, timeout, bad answer), the
+    /// first 20 described.
+    pub failed: u64,
+    /// Descriptions of the first failures.
+    pub failures: Vec<String>,
+    /// The `pid PID` answers seen (which programs served).
+    pub answers: std::collections::BTreeSet<String>,
+}
+
+/// Clients that connect to a loopback port again and again (a new
+/// connection per request, the mode that shows refused and reset
+/// connections) until stopped, each reading the one-line answer.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<TrafficCount>>,
+}
+
+impl Traffic {
+    /// Starts `clients` client threads against 127.0.0.1:`port`.
+    pub fn start(port: u16, clients: usize) -> Traffic {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut count = TrafficCount::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match one_request(port) {
+                            Ok(line) => {
+                                count.ok += 1;
+                                count.answers.insert(line);
+                            }
+                            Err(e) => {
+                                count.failed += 1;
+                                if count.failures.len() < 20 {
+                                    count.failures.push(e);
+                                }
+                            }
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        Traffic { stop, threads }
+    }
+
+    /// Stops the clients and adds up what they saw.
+    pub fn stop(self) -> TrafficCount {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = TrafficCount::default();
+        for thread in self.threads {
+            let count = thread.join().expect("a traffic thread panicked");
+            total.ok += count.ok;
+            total.failed += count.failed;
+            total.failures.extend(count.failures);
+            total.answers.extend(count.answers);
+        }
+        total
+    }
+}
+
+fn one_request(port: u16) -> Result<String, String> {
+    use std::io::Read;
+    let timeout = Duration::from_secs(5);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    let line = text.trim();
+    if line.starts_with("pid ") {
+        Ok(line.to_owned())
+    } else {
+        Err(format!("bad answer {line:?}"))
+    }
+}

@@ -203,6 +203,16 @@ impl Systemd {
             .expect("no manager process in the cgroup's init.scope")
     }
 
+    /// The pids in a unit's cgroup (its `ControlGroup`, which the manager
+    /// reports relative to its own cgroup namespace).
+    pub fn unit_processes(&self, unit: &str) -> Vec<u32> {
+        let group = self.show(unit, "ControlGroup");
+        let dir = self.cgroup.join(group.trim_start_matches('/'));
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("reading {}/cgroup.procs: {e}", dir.display()));
+        procs.lines().map(|l| l.trim().parse().unwrap()).collect()
+    }
+
     fn find_manager_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.cgroup.join("init.scope/cgroup.procs"))
             .ok()?

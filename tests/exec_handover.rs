@@ -1,0 +1,492 @@
+//! fdstore-exec's hand-over under real systemd: `systemctl reload` replaces
+//! the program by a new generation, under traffic, and every way it can fail
+//! leaves the old generation serving.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::{
+    answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic, Version,
+};
+
+fn fdstore_exec() -> &'static str {
+    env!("CARGO_BIN_EXE_fdstore-exec")
+}
+
+/// The program of the unit: a script, so that a test can put a "new
+/// version" in place before a reload.
+struct App {
+    script: PathBuf,
+    report: PathBuf,
+}
+
+impl App {
+    fn new(sd: &Systemd) -> App {
+        App {
+            script: sd.path("app.sh"),
+            report: sd.path("report"),
+        }
+    }
+
+    /// Installs the version that runs the probe with `actions`.
+    fn version(&self, actions: &str) {
+        let text = format!(
+            "#!/bin/sh\nexec {} --report {} {actions}\n",
+            probe().display(),
+            self.report.display()
+        );
+        let tmp = self.script.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::rename(&tmp, &self.script).unwrap();
+    }
+
+    /// The pids of the programs started so far, in order.
+    fn starts(&self) -> Vec<String> {
+        report_lines(&self.report, "start pid ")
+            .iter()
+            .map(|l| l["start pid ".len()..].to_owned())
+            .collect()
+    }
+}
+
+/// A Type=notify unit: fdstore-exec with `options` runs the app script,
+/// `fdstore-exec reload` is its ExecReload=.
+fn unit(app: &App, options: &str, extra: &str) -> String {
+    format!(
+        "[Service]\nType=notify\nFileDescriptorStoreMax=8\nTimeoutStartSec=20\nKillMode=mixed\n{extra}\
+         ExecStart={fe} {options} -- {}\nExecReload={fe} reload\n",
+        app.script.display(),
+        fe = fdstore_exec(),
+    )
+}
+
+fn main_pid(sd: &Systemd) -> u32 {
+    sd.show("app.service", "MainPID").parse().unwrap()
+}
+
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn wait_gone(pid: &str) {
+    wait_for(
+        &format!("pid {pid} to end"),
+        Duration::from_secs(20),
+        || (!alive(pid)).then_some(()),
+    );
+}
+
+/// Runs `fdstore-exec reload --pid PID` (as ExecReload= would).
+fn reload_command(pid: u32) -> std::process::Output {
+    std::process::Command::new(fdstore_exec())
+        .args(["reload", "--pid", &pid.to_string()])
+        .output()
+        .unwrap()
+}
+
+fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let traffic = Traffic::start(port, 4);
+    let mut mains = vec![main_pid(sd)];
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_millis(150));
+        sd.ok(&["reload", "app.service"]);
+        let main = main_pid(sd);
+        assert!(
+            !mains.contains(&main),
+            "round {round}: MainPID did not change"
+        );
+        assert_eq!(
+            parent_of(main) as i32,
+            sd.manager_pid(),
+            "round {round}: the new main process must be the manager's own child"
+        );
+        mains.push(main);
+        let starts = app.starts();
+        assert_eq!(starts.len(), round + 1, "{starts:?}");
+        // The old program drained and exited; the new one answers.
+        wait_gone(&starts[round - 1]);
+        assert_eq!(answer(port), format!("pid {}", starts[round]));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "failed requests: {:?}", count.failures);
+    assert!(
+        count.ok > 20,
+        "too little traffic to mean anything: {count:?}"
+    );
+    assert_eq!(report_lines(&app.report, "stopped").len(), 3);
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.starts_with(&format!(
+            "generation 4, pid {}: serving; last reload took ",
+            app.starts()[3]
+        )),
+        "{status}"
+    );
+    let journal = sd.journal();
+    assert!(!journal.contains("not our child"), "{journal}");
+    // A stop after three hand-overs is as graceful as for the first
+    // generation: the program gets SIGTERM through fdstore-exec and drains.
+    sd.ok(&["stop", "app.service"]);
+    assert_eq!(report_lines(&app.report, "stopped").len(), 4);
+    assert_eq!(sd.show("app.service", "ActiveState"), "inactive");
+    assert_eq!(sd.show("app.service", "Result"), "success");
+}
+
+fn listeners_from_socket_units_and_specs_pass_through_without_leaks(sd: &Systemd) {
+    let web = free_port();
+    let admin = free_port();
+    let report = sd.path("report");
+    sd.install(&[
+        (
+            "app.socket",
+            &format!("[Socket]\nListenStream=127.0.0.1:{web}\nFileDescriptorName=web\n"),
+        ),
+        (
+            "app.service",
+            &format!(
+                "[Service]\nType=notify\nFileDescriptorStoreMax=8\nKillMode=mixed\n\
+                 ExecStart={fe} --listen admin=tcp:127.0.0.1:{admin} -- {} --report {} receive serve web serve admin ready\n\
+                 ExecReload={fe} reload\n",
+                probe().display(),
+                report.display(),
+                fe = fdstore_exec(),
+            ),
+        ),
+    ]);
+    sd.ok(&["start", "app.socket"]);
+    sd.ok(&["start", "app.service"]);
+    sd.ok(&["reload", "app.service"]);
+    sd.ok(&["reload", "app.service"]);
+    let inherited = report_lines(&report, "inherited-fds ");
+    assert_eq!(inherited.len(), 3);
+    for line in &inherited {
+        assert_eq!(line, "inherited-fds 0 1 2 3 4", "{inherited:?}");
+    }
+    let fds = report_lines(&report, "fd ");
+    let web_inodes: std::collections::BTreeSet<_> = fds
+        .iter()
+        .filter(|l| l.starts_with("fd web "))
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(web_inodes.len(), 1, "the same socket every time: {fds:?}");
+    assert_eq!(fds.len(), 6, "{fds:?}");
+    // Once the two old generations have drained, the last one answers.
+    wait_for("two drained generations", Duration::from_secs(20), || {
+        (report_lines(&report, "stopped").len() == 2).then_some(())
+    });
+    let starts = report_lines(&report, "start pid ");
+    let last = &starts[2]["start pid ".len()..];
+    assert_eq!(answer(web), format!("pid {last}"));
+    assert_eq!(answer(admin), format!("pid {last}"));
+}
+
+fn a_broken_new_version_rolls_back(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let first = main_pid(sd);
+    let traffic = Traffic::start(port, 2);
+    app.version("receive exit 1");
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(!out.status.success(), "the reload must fail");
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_eq!(main_pid(sd), first);
+    let starts = app.starts();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(answer(port), format!("pid {}", starts[0]));
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.contains("reload failed: app.sh (generation 2, pid ")
+            && status.contains("exited with status 1 before it was ready"),
+        "{status}"
+    );
+    assert!(
+        status.starts_with(&format!("generation 1, pid {}: serving", starts[0])),
+        "{status}"
+    );
+    // The reload command said why, in the journal.
+    sd.wait_for_journal("exited with status 1 before it was ready; generation 1 (pid");
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+    // The next, fixed version takes over.
+    app.version("receive serve web ready");
+    sd.ok(&["reload", "app.service"]);
+    assert_ne!(main_pid(sd), first);
+    assert_eq!(answer(port), format!("pid {}", app.starts()[2]));
+}
+
+fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--listen web=tcp:127.0.0.1:{port} --ready-timeout 1s"),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let first = main_pid(sd);
+    app.version("receive sleep 60000 ready");
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(!out.status.success());
+    assert_eq!(main_pid(sd), first);
+    let starts = app.starts();
+    assert_eq!(starts.len(), 2);
+    wait_gone(&starts[1]);
+    assert!(
+        sd.show("app.service", "StatusText")
+            .contains("(generation 2, pid ")
+            && sd
+                .show("app.service", "StatusText")
+                .contains("was not ready within 1s")
+    );
+    assert_eq!(answer(port), format!("pid {}", starts[0]));
+    // Nothing of generation 2 is left: the unit's processes are the
+    // wrapper and its program.
+    let procs = sd.unit_processes("app.service");
+    assert_eq!(procs.len(), 2, "{procs:?}");
+}
+
+fn drain_timeout_ends_with_sigkill(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready ignore-stop");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--listen web=tcp:127.0.0.1:{port} --drain-timeout 1s"),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    app.version("receive serve web ready");
+    sd.ok(&["reload", "app.service"]);
+    let starts = app.starts();
+    wait_line(&app.report, "ignoring SIGTERM");
+    wait_gone(&starts[0]);
+    sd.wait_for_journal("did not finish within the drain timeout (1s); killing it");
+    sd.wait_for_journal("was killed by SIGKILL (killed after the drain timeout)");
+    assert_eq!(answer(port), format!("pid {}", starts[1]));
+}
+
+fn wait_line(report: &Path, text: &str) {
+    wait_for_line(report, text, |l| l == text);
+}
+
+fn reload_from_another_uid_is_refused(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let main = main_pid(sd);
+    // A copy of fdstore-exec that user nobody may run.
+    let copy = std::env::temp_dir().join(format!("fdstore-exec-{}", std::process::id()));
+    std::fs::copy(fdstore_exec(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["reload", "--pid", &main.to_string()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("(uid 65534) may not reload this service"),
+        "{stderr}"
+    );
+    assert_eq!(main_pid(sd), main);
+    assert_eq!(app.starts().len(), 1);
+    // Root (this test) may.
+    let out = reload_command(main);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(main_pid(sd), main);
+    // And anybody may ask for the status.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(fdstore_exec_copy_for_nobody())
+        .args(["status", "--pid", &main_pid(sd).to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("generation 2, pid "));
+}
+
+fn fdstore_exec_copy_for_nobody() -> PathBuf {
+    let copy = std::env::temp_dir().join(format!("fdstore-exec-status-{}", std::process::id()));
+    std::fs::copy(fdstore_exec(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    copy
+}
+
+fn a_second_reload_during_one_is_refused(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let main = main_pid(sd);
+    let gate = sd.path("gate");
+    app.version(&format!("receive serve web await {} ready", gate.display()));
+    let first = std::thread::spawn(move || reload_command(main));
+    wait_for("generation 2 to start", Duration::from_secs(20), || {
+        (app.starts().len() == 2).then_some(())
+    });
+    let second = reload_command(main);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("a reload is already in progress"),
+        "{stderr}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let first = first.join().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.starts_with("generation 2 (pid "), "{stdout}");
+    assert_ne!(main_pid(sd), main);
+}
+
+fn a_stop_during_a_reload_stops_both_generations_cleanly(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    app.version(&format!(
+        "receive serve web await {} ready",
+        sd.path("never").display()
+    ));
+    sd.ok(&["reload", "--no-block", "app.service"]);
+    wait_for("generation 2 to start", Duration::from_secs(20), || {
+        (app.starts().len() == 2).then_some(())
+    });
+    sd.ok(&["stop", "app.service"]);
+    let starts = app.starts();
+    wait_gone(&starts[0]);
+    wait_gone(&starts[1]);
+    assert_eq!(sd.show("app.service", "ActiveState"), "inactive");
+    assert_eq!(sd.show("app.service", "Result"), "success");
+    // Generation 1 drained gracefully.
+    assert_eq!(report_lines(&app.report, "stopped").len(), 1);
+}
+
+fn reload_by_signal(sd: &Systemd) {
+    // systemd 253+ has Type=notify-reload (SIGHUP, RELOADING=1, READY=1);
+    // on 252 the same protocol is driven by a SIGHUP sent by hand.
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    let (kind, extra) = match sd.version {
+        Version::V252 => ("notify", ""),
+        Version::V254 => ("notify-reload", ""),
+    };
+    let text = unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), extra)
+        .replace("Type=notify\n", &format!("Type={kind}\n"))
+        .lines()
+        .filter(|l| !l.starts_with("ExecReload="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    sd.install(&[("app.service", &text)]);
+    sd.ok(&["start", "app.service"]);
+    let first = main_pid(sd);
+    match sd.version {
+        Version::V252 => {
+            sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
+            wait_for("a new main process", Duration::from_secs(20), || {
+                (main_pid(sd) != first).then_some(())
+            });
+        }
+        Version::V254 => {
+            sd.ok(&["reload", "app.service"]);
+        }
+    }
+    let second = main_pid(sd);
+    assert_ne!(second, first);
+    sd.wait_for_property("app.service", "ActiveState", "active");
+    assert_eq!(answer(port), format!("pid {}", app.starts()[1]));
+    // A broken version: the reload ends (no hang), the old one serves.
+    app.version("receive exit 3");
+    match sd.version {
+        Version::V252 => {
+            sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
+            sd.wait_for_journal("exited with status 3 before it was ready");
+        }
+        Version::V254 => {
+            // There is no negative answer to SIGHUP: the reload "succeeds",
+            // STATUS= tells the truth.
+            sd.ok(&["reload", "app.service"]);
+        }
+    }
+    sd.wait_for_property("app.service", "ActiveState", "active");
+    assert_eq!(main_pid(sd), second);
+    assert!(sd
+        .show("app.service", "StatusText")
+        .contains("reload failed"));
+    assert!(!sd.journal().contains("not our child"));
+}
+
+on_each_systemd!(
+    three_handovers_under_traffic_then_a_graceful_stop,
+    listeners_from_socket_units_and_specs_pass_through_without_leaks,
+    a_broken_new_version_rolls_back,
+    a_new_version_that_is_not_ready_in_time_is_killed,
+    drain_timeout_ends_with_sigkill,
+    reload_from_another_uid_is_refused,
+    a_second_reload_during_one_is_refused,
+    a_stop_during_a_reload_stops_both_generations_cleanly,
+    reload_by_signal,
+);
