@@ -479,7 +479,144 @@ fn reload_by_signal(sd: &Systemd) {
     assert!(!sd.journal().contains("not our child"));
 }
 
+fn the_listener_file_adds_and_removes_listeners_at_reload(sd: &Systemd) {
+    let (web, admin, moved) = (free_port(), free_port(), free_port());
+    let app = App::new(sd);
+    let file = sd.path("listeners");
+    std::fs::write(&file, format!("# listeners\nweb=tcp:127.0.0.1:{web}\n")).unwrap();
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen-file {}", file.display()), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    // Added: the next generation has it, without a restart.
+    std::fs::write(
+        &file,
+        format!("web=tcp:127.0.0.1:{web}\nadmin=tcp:127.0.0.1:{admin}\n"),
+    )
+    .unwrap();
+    app.version("receive serve web serve admin ready");
+    sd.ok(&["reload", "app.service"]);
+    let second = app.starts()[1].clone();
+    wait_gone(&app.starts()[0]);
+    assert_eq!(answer(admin), format!("pid {second}"));
+    // An address cannot change under the same name: the reload fails and
+    // says what to do.
+    std::fs::write(
+        &file,
+        format!("web=tcp:127.0.0.1:{web}\nadmin=tcp:127.0.0.1:{moved}\n"),
+    )
+    .unwrap();
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(!out.status.success());
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.contains("the listener \"admin\" cannot become admin=tcp:127.0.0.1:")
+            && status.contains("give the new address a new name"),
+        "{status}"
+    );
+    // Removed: the next generation does not get it, and once the old
+    // generation is gone it is closed and out of the fd store.
+    std::fs::write(&file, format!("admin=tcp:127.0.0.1:{admin}\n")).unwrap();
+    app.version("receive serve admin ready");
+    sd.ok(&["reload", "app.service"]);
+    let starts = app.starts();
+    let third = starts.last().unwrap().clone();
+    wait_gone(&second);
+    sd.wait_for_journal("closed a removed listener and removed it from the fd store");
+    let refused = std::net::TcpStream::connect(("127.0.0.1", web));
+    assert!(refused.is_err(), "port {web} must be closed");
+    assert_eq!(answer(admin), format!("pid {third}"));
+    // A restart passes only what is left in the store.
+    sd.ok(&["restart", "app.service"]);
+    let restarted = format!("start pid {}", app.starts().last().unwrap());
+    let after_restart: Vec<String> = std::fs::read_to_string(&app.report)
+        .unwrap()
+        .lines()
+        .skip_while(|l| *l != restarted)
+        .filter(|l| l.starts_with("fd "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(after_restart.len(), 1, "{after_restart:?}");
+    assert!(
+        after_restart[0].starts_with("fd admin "),
+        "{after_restart:?}"
+    );
+}
+
+fn restart_mode_keeps_listeners_across_systemctl_restart(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--mode=restart --listen web=tcp:127.0.0.1:{port}"),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let main = main_pid(sd);
+    let out = reload_command(main);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("--mode=restart"), "{stderr}");
+    let traffic = Traffic::start(port, 2);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        sd.ok(&["restart", "app.service"]);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_eq!(count.answers.len(), 4, "{:?}", count.answers);
+    let inodes: std::collections::BTreeSet<String> = report_lines(&app.report, "fd web ")
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(inodes.len(), 1, "the same socket across restarts");
+}
+
+fn a_crash_after_a_hand_over_restarts_with_the_same_listener(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--listen web=tcp:127.0.0.1:{port}"),
+            "Restart=on-failure\nRestartSec=300ms\n",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    sd.ok(&["reload", "app.service"]);
+    let crashed = app.starts()[1].clone();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(crashed.parse().unwrap()).unwrap(),
+        rustix::process::Signal::ABORT,
+    )
+    .unwrap();
+    wait_gone(&crashed);
+    // Queued during the restart, answered by the next start.
+    let line = answer(port);
+    assert!(
+        line.starts_with("pid ") && line != format!("pid {crashed}"),
+        "{line}"
+    );
+    sd.wait_for_property("app.service", "ActiveState", "active");
+    assert_eq!(sd.show("app.service", "NRestarts"), "1");
+    assert!(sd
+        .journal()
+        .contains("Main process exited, code=killed, status=6/ABRT"));
+}
+
 on_each_systemd!(
+    the_listener_file_adds_and_removes_listeners_at_reload,
+    restart_mode_keeps_listeners_across_systemctl_restart,
+    a_crash_after_a_hand_over_restarts_with_the_same_listener,
     three_handovers_under_traffic_then_a_graceful_stop,
     listeners_from_socket_units_and_specs_pass_through_without_leaks,
     a_broken_new_version_rolls_back,
