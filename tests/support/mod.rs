@@ -9,6 +9,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 
+pub mod load;
 pub mod ports;
 pub mod systemd;
 
@@ -44,7 +45,11 @@ macro_rules! on_each_systemd {
 /// process so that a test never runs a stale copy.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_fdstore-exec"));
+    // option_env!: the demo example shares this module but builds its own.
+    let Some(exe) = option_env!("CARGO_BIN_EXE_fdstore-exec") else {
+        panic!("support::example() is for integration tests");
+    };
+    let exe = PathBuf::from(exe);
     let path = exe.parent().unwrap().join("examples").join(name);
     let mut built = BUILT.lock().unwrap();
     if !built.iter().any(|b| b == name) {

@@ -1,0 +1,174 @@
+//! A small HTTP/1.1 server that takes its listener the systemd way and
+//! drains without losing a request: what a program run by fdstore-exec
+//! should do.
+//!
+//! ```text
+//! ExecStart=/usr/bin/fdstore-exec --listen http=tcp:127.0.0.1:8080 -- hello_http --config /etc/hello.conf
+//! ```
+//!
+//! - The listener named `http` comes from `LISTEN_FDS` (fdstore-exec, a
+//!   socket unit, or the fd store).
+//! - It reads its configuration file at start: one line, the greeting. A
+//!   file that says `broken` makes it exit with status 1 before it is ready,
+//!   as a new version with a bad configuration would.
+//! - `READY=1` once it accepts.
+//! - On SIGTERM it drains: it stops accepting (queued connections stay on the
+//!   shared listener for the next generation), answers the next request on
+//!   every open keep-alive connection with `Connection: close`, closes
+//!   connections idle for a second, and exits when none are left.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fdstore::{ListenFds, Notification, Notifier, UnsetEnv};
+use nix::sys::signal::{SigSet, Signal};
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// How long a keep-alive connection may be idle while draining.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// How often blocked reads and accepts look at the drain flag.
+const TICK: Duration = Duration::from_millis(50);
+
+fn main() {
+    // SIGTERM is taken by a thread with sigwait: block it before any thread
+    // starts.
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.add(Signal::SIGINT);
+    term.thread_block().expect("blocking SIGTERM");
+
+    let args: Vec<String> = std::env::args().collect();
+    let config = match args.iter().position(|a| a == "--config") {
+        Some(i) if i + 1 < args.len() => args[i + 1].clone(),
+        _ => {
+            eprintln!("usage: hello_http --config FILE");
+            std::process::exit(64);
+        }
+    };
+    let greeting = match std::fs::read_to_string(&config) {
+        Ok(text) if text.trim() == "broken" => {
+            eprintln!("hello_http: {config}: the configuration says 'broken'; refusing to start");
+            std::process::exit(1);
+        }
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => {
+            eprintln!("hello_http: cannot read {config}: {e}");
+            std::process::exit(66);
+        }
+    };
+    let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
+    let mut fds = ListenFds::from_env(UnsetEnv::Yes).unwrap_or_else(|e| {
+        eprintln!("hello_http: {e}");
+        std::process::exit(78);
+    });
+    let listener = fds.tcp_listener("http").unwrap_or_else(|e| {
+        eprintln!("hello_http: {e}; run it under fdstore-exec --listen http=tcp:ADDRESS:PORT");
+        std::process::exit(78);
+    });
+    // Another generation may take a connection between our poll and our
+    // accept, so accept must not block. O_NONBLOCK belongs to the listener's
+    // open file description, shared by every generation: fine for programs
+    // that all poll before accepting, as event-loop servers (tokio, Go) do.
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    std::thread::spawn(move || {
+        let _ = term.wait();
+        DRAINING.store(true, Ordering::SeqCst);
+    });
+    let body = Arc::new(format!("{greeting} (pid {})\n", std::process::id()));
+    let open = Arc::new(AtomicUsize::new(0));
+    let _ = notifier.notify(&[
+        Notification::Ready,
+        Notification::Status(&format!("serving: {greeting}")),
+    ]);
+    accept_until_draining(&listener, &body, &open);
+    drop(listener);
+    // Let open connections finish.
+    let started = Instant::now();
+    while open.load(Ordering::SeqCst) > 0 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn accept_until_draining(listener: &TcpListener, body: &Arc<String>, open: &Arc<AtomicUsize>) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let tick = rustix::time::Timespec::try_from(TICK).expect("a small duration");
+    while !DRAINING.load(Ordering::SeqCst) {
+        let mut ready = [PollFd::new(listener, PollFlags::IN)];
+        if !matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
+                let body = body.clone();
+                let open = open.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &body);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Serves one connection: keep-alive until the client closes, or until the
+/// first request after the drain began (answered with `Connection: close`),
+/// or an idle second while draining.
+fn serve(stream: TcpStream, body: &str) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(TICK))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut idle_since = Instant::now();
+    loop {
+        let mut request = String::new();
+        // Read one request head, waking up every tick to look at the drain.
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    request.push_str(&line);
+                    if line == "\r\n" || line == "\n" {
+                        break;
+                    }
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    request.push_str(&line);
+                    if request.is_empty()
+                        && DRAINING.load(Ordering::SeqCst)
+                        && idle_since.elapsed() >= DRAIN_IDLE
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let wants_close = request
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("connection: close"));
+        let close = wants_close || DRAINING.load(Ordering::SeqCst);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            body.len(),
+            if close { "close" } else { "keep-alive" }
+        );
+        writer.write_all(response.as_bytes())?;
+        if close {
+            return Ok(());
+        }
+        idle_since = Instant::now();
+    }
+}

@@ -1,0 +1,242 @@
+//! An HTTP/1.1 load generator for loopback: closed-loop clients that count
+//! every failed request by kind and record latencies.
+//!
+//! Two modes: a new TCP connection per request (shows refused and reset
+//! connections) and keep-alive connections (shows requests lost by a drain
+//! that closes a connection under a client). A failed request is anything
+//! but a complete `200` response.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One connection per request (`Connection: close`).
+    NewConnection,
+    /// Connections reused until the server says `Connection: close`.
+    KeepAlive,
+}
+
+/// Live counters, readable while the load runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Complete 200 responses.
+    pub ok: AtomicU64,
+    /// Failed requests.
+    pub failed: AtomicU64,
+}
+
+/// What a run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Complete 200 responses.
+    pub ok: u64,
+    /// Failed requests by kind: refused, reset, timeout, bad-response, other.
+    pub failures: BTreeMap<&'static str, u64>,
+    /// The first few failures, described.
+    pub examples: Vec<String>,
+    /// (when the request started, its latency in µs) for every success.
+    pub latencies: Vec<(Instant, u32)>,
+    /// The distinct response bodies (which server generations answered).
+    pub bodies: std::collections::BTreeSet<String>,
+}
+
+impl LoadReport {
+    /// All failed requests.
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// The `q` quantile (0.0–1.0) of the latencies that `keep` selects, in µs.
+    pub fn quantile(&self, q: f64, keep: impl Fn(Instant) -> bool) -> Option<u32> {
+        let mut v: Vec<u32> = self
+            .latencies
+            .iter()
+            .filter(|(t, _)| keep(*t))
+            .map(|(_, l)| *l)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        Some(v[i.min(v.len() - 1)])
+    }
+
+    fn merge(&mut self, other: LoadReport) {
+        self.ok += other.ok;
+        for (k, n) in other.failures {
+            *self.failures.entry(k).or_default() += n;
+        }
+        for e in other.examples {
+            if self.examples.len() < 10 {
+                self.examples.push(e);
+            }
+        }
+        self.latencies.extend(other.latencies);
+        self.bodies.extend(other.bodies);
+    }
+}
+
+/// A running load.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    threads: Vec<JoinHandle<LoadReport>>,
+}
+
+impl Load {
+    /// Starts `clients` closed-loop clients of `mode` against 127.0.0.1:`port`.
+    pub fn start(port: u16, mode: Mode, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let counters = counters.clone();
+                std::thread::spawn(move || client(port, mode, &stop, &counters))
+            })
+            .collect();
+        Load {
+            stop,
+            counters,
+            threads,
+        }
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops the clients (each finishes its request under way) and returns
+    /// the merged report.
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut report = LoadReport::default();
+        for t in self.threads {
+            report.merge(t.join().expect("a load client panicked"));
+        }
+        report
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn client(port: u16, mode: Mode, stop: &AtomicBool, counters: &Counters) -> LoadReport {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut report = LoadReport::default();
+    let mut connection: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = request(addr, mode, &mut connection);
+        match result {
+            Ok(body) => {
+                report.ok += 1;
+                counters.ok.fetch_add(1, Ordering::Relaxed);
+                report
+                    .latencies
+                    .push((started, started.elapsed().as_micros() as u32));
+                if !report.bodies.contains(&body) {
+                    report.bodies.insert(body);
+                }
+            }
+            Err((kind, text)) => {
+                connection = None;
+                *report.failures.entry(kind).or_default() += 1;
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                if report.examples.len() < 10 {
+                    report.examples.push(format!("{kind}: {text}"));
+                }
+            }
+        }
+    }
+    report
+}
+
+type Failure = (&'static str, String);
+
+fn classify(e: std::io::Error, during: &str) -> Failure {
+    use std::io::ErrorKind::*;
+    let kind = match e.kind() {
+        ConnectionRefused => "refused",
+        ConnectionReset | ConnectionAborted | BrokenPipe => "reset",
+        WouldBlock | TimedOut => "timeout",
+        UnexpectedEof => "bad-response",
+        _ => "other",
+    };
+    (kind, format!("{during}: {e}"))
+}
+
+fn request(
+    addr: SocketAddr,
+    mode: Mode,
+    connection: &mut Option<BufReader<TcpStream>>,
+) -> Result<String, Failure> {
+    if connection.is_none() {
+        let stream =
+            TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| classify(e, "connect"))?;
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| classify(e, "set timeout"))?;
+        let _ = stream.set_nodelay(true);
+        *connection = Some(BufReader::new(stream));
+    }
+    let reader = connection.as_mut().expect("just connected");
+    let head = match mode {
+        Mode::NewConnection => "GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+        Mode::KeepAlive => "GET / HTTP/1.1\r\nHost: load\r\n\r\n",
+    };
+    reader
+        .get_mut()
+        .write_all(head.as_bytes())
+        .map_err(|e| classify(e, "send"))?;
+    let mut status = String::new();
+    let n = reader
+        .read_line(&mut status)
+        .map_err(|e| classify(e, "read status"))?;
+    if n == 0 {
+        return Err(("reset", "closed before the response".into()));
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(("bad-response", format!("status line {status:?}")));
+    }
+    let mut length = None;
+    let mut close = mode == Mode::NewConnection;
+    loop {
+        let mut line = String::new();
+        if reader
+            .read_line(&mut line)
+            .map_err(|e| classify(e, "read headers"))?
+            == 0
+        {
+            return Err(("bad-response", "closed in the headers".into()));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if lower == "connection: close" {
+            close = true;
+        }
+    }
+    let length = length.ok_or(("bad-response", "no Content-Length".to_owned()))?;
+    let mut body = vec![0u8; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| classify(e, "read body"))?;
+    if close {
+        *connection = None;
+    }
+    Ok(String::from_utf8_lossy(&body).trim().to_owned())
+}
