@@ -145,6 +145,7 @@ fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
     );
     let journal = sd.journal();
     assert!(!journal.contains("not our child"), "{journal}");
+    assert!(!journal.contains("Got extra auxiliary fds"), "{journal}");
     // A stop after three hand-overs is as graceful as for the first
     // generation: the program gets SIGTERM through fdstore-exec and drains.
     sd.ok(&["stop", "app.service"]);
@@ -238,6 +239,7 @@ fn a_broken_new_version_rolls_back(sd: &Systemd) {
     app.version("receive serve web ready");
     sd.ok(&["reload", "app.service"]);
     assert_ne!(main_pid(sd), first);
+    wait_gone(&starts[0]);
     assert_eq!(answer(port), format!("pid {}", app.starts()[2]));
 }
 
@@ -613,7 +615,39 @@ fn a_crash_after_a_hand_over_restarts_with_the_same_listener(sd: &Systemd) {
         .contains("Main process exited, code=killed, status=6/ABRT"));
 }
 
+fn an_upgraded_fdstore_exec_takes_over_at_the_next_reload(sd: &Systemd) {
+    use std::os::unix::fs::MetadataExt;
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    let installed = sd.path("fdstore-exec");
+    let install = |path: &Path| {
+        let tmp = path.with_extension("dpkg-new");
+        std::fs::copy(fdstore_exec(), &tmp).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+        std::fs::metadata(path).unwrap().ino()
+    };
+    install(&installed);
+    let text = unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), "")
+        .replace(fdstore_exec(), installed.to_str().unwrap());
+    sd.install(&[("app.service", &text)]);
+    sd.ok(&["start", "app.service"]);
+    // Replaced the way a package manager does: a new file renamed over it.
+    let upgraded = install(&installed);
+    sd.ok(&["reload", "app.service"]);
+    let main = main_pid(sd);
+    let exe = std::fs::read_link(format!("/proc/{main}/exe")).unwrap();
+    assert_eq!(exe, installed, "the new main runs the file on disk");
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{main}/exe"))
+            .unwrap()
+            .ino(),
+        upgraded
+    );
+}
+
 on_each_systemd!(
+    an_upgraded_fdstore_exec_takes_over_at_the_next_reload,
     the_listener_file_adds_and_removes_listeners_at_reload,
     restart_mode_keeps_listeners_across_systemctl_restart,
     a_crash_after_a_hand_over_restarts_with_the_same_listener,

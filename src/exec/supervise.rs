@@ -954,6 +954,9 @@ impl<'c> Supervisor<'c> {
             return self.fail_reload("the new generation reported readiness before its pid".into());
         };
         let pid = *pid;
+        // Plain MAINPID=: the new process is alive and waiting for our answer,
+        // so its pid cannot have been reused. (MAINPIDFD=1 would make 252 and
+        // 254 log a warning about an unexpected descriptor at every reload.)
         if let Err(e) = self.notifier.notify(&[Notification::MainPid(pid)]) {
             return self.fail_reload(format!("sending MAINPID={pid}: {e}"));
         }
