@@ -97,7 +97,8 @@ struct Handover {
     requester: Requester,
     started: Instant,
     deadline: Instant,
-    successor: Option<(u32, OwnedFd)>,
+    /// The new process's pid, once it said hello.
+    successor: Option<u32>,
     main_sent: bool,
 }
 
@@ -908,7 +909,7 @@ impl<'c> Supervisor<'c> {
                 Some(Message::Done) => return self.complete_reload(),
                 Some(other) => debug!(?other, "unexpected message from the new generation"),
                 None => {
-                    let pid = h.successor.as_ref().map(|s| s.0);
+                    let pid = h.successor;
                     let when = if h.main_sent {
                         "after it was made the main process"
                     } else {
@@ -925,35 +926,33 @@ impl<'c> Supervisor<'c> {
     }
 
     fn on_successor_hello(&mut self, pid: u32) {
-        let manager = std::os::unix::process::parent_id();
-        match parent_of(pid) {
-            Some(parent) if parent == manager => {}
-            parent => {
-                return self.fail_reload(format!(
-                    "the new generation (pid {pid}) has parent {parent:?}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
-                ));
-            }
-        }
-        let pidfd = match Pid::from_raw(pid as i32)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|p| pidfd_open(p, PidfdFlags::empty()))
-        {
-            Ok(fd) => fd,
-            Err(e) => {
-                return self.fail_reload(format!("watching the new generation (pid {pid}): {e}"))
-            }
-        };
         debug!(pid, "generation {} started", self.generation.number + 1);
         if let Some(h) = &mut self.handover {
-            h.successor = Some((pid, pidfd));
+            h.successor = Some(pid);
         }
     }
 
     fn on_successor_ready(&mut self) {
-        let Some((pid, _)) = self.handover.as_ref().and_then(|h| h.successor.as_ref()) else {
+        let Some(pid) = self.handover.as_ref().and_then(|h| h.successor) else {
             return self.fail_reload("the new generation reported readiness before its pid".into());
         };
-        let pid = *pid;
+        // The manager supervises a main process as its own child only if it
+        // is one when MAINPID= arrives; the intermediate was reaped, so the
+        // new process must have been re-parented to the manager by now.
+        let manager = std::os::unix::process::parent_id();
+        match parent_of(pid) {
+            Some(parent) if parent == manager => {}
+            Some(parent) => {
+                return self.fail_reload(format!(
+                    "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
+                ));
+            }
+            None => {
+                return self.fail_reload(format!(
+                    "the new generation (pid {pid}) exited right after reporting readiness"
+                ));
+            }
+        }
         // Plain MAINPID=: the new process is alive and waiting for our answer,
         // so its pid cannot have been reused. (MAINPIDFD=1 would make 252 and
         // 254 log a warning about an unexpected descriptor at every reload.)
@@ -986,7 +985,7 @@ impl<'c> Supervisor<'c> {
         let Some(h) = self.handover.take() else {
             return;
         };
-        let pid = h.successor.as_ref().map_or(0, |s| s.0);
+        let pid = h.successor.unwrap_or(0);
         let text = format!(
             "generation {} (pid {pid}) is serving; the hand-over took {} ms",
             self.generation.number + 1,
