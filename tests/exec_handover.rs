@@ -646,7 +646,38 @@ fn an_upgraded_fdstore_exec_takes_over_at_the_next_reload(sd: &Systemd) {
     );
 }
 
+fn notifications_from_outside_the_unit_are_ignored(sd: &Systemd) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version("receive serve web status genuine ready");
+    sd.install(&[(
+        "app.service",
+        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    // The program's notification socket is an abstract name, which anyone
+    // can read in /proc/net/unix.
+    let main = main_pid(sd);
+    let prefix = format!("@fdstore-exec/{main}/");
+    let net = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let address = net
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|a| a.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix}* in /proc/net/unix"))
+        .to_owned();
+    let intruder = fdstore::Notifier::connect(&address).unwrap();
+    intruder.status("forged").unwrap();
+    sd.wait_for_journal("ignored a notification from a process outside this unit");
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.contains("genuine") && !status.contains("forged"),
+        "{status}"
+    );
+}
+
 on_each_systemd!(
+    notifications_from_outside_the_unit_are_ignored,
     an_upgraded_fdstore_exec_takes_over_at_the_next_reload,
     the_listener_file_adds_and_removes_listeners_at_reload,
     restart_mode_keeps_listeners_across_systemctl_restart,

@@ -568,6 +568,17 @@ impl<'c> Supervisor<'c> {
     }
 
     fn on_relay(&mut self, message: RelayMessage) {
+        // Abstract socket names are visible in /proc/net/unix: accept only
+        // the unit's own processes, as NotifyAccess=all would.
+        let sender_cgroup = message.sender_pid.and_then(cgroup_of);
+        if sender_cgroup.is_none() || sender_cgroup != self.own_cgroup {
+            warn!(
+                sender = ?message.sender_pid,
+                cgroup = ?sender_cgroup,
+                "ignored a notification from a process outside this unit"
+            );
+            return;
+        }
         if matches!(self.role, Role::Draining { .. }) {
             debug!(text = %message.text, "ignored a notification from a draining program");
             return;
