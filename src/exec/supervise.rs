@@ -817,6 +817,9 @@ impl<'c> Supervisor<'c> {
             Requester::Client(connection) => {
                 let _ = connection.reply(&Reply::Err(kind, text));
             }
+            // A SIGHUP during a reload: the reload under way answers the
+            // manager.
+            Requester::Signal if self.handover.is_some() => {}
             Requester::Signal => {
                 // Type=notify-reload waits for RELOADING=1 and READY=1.
                 let status = format!("{}; reload refused: {text}", self.status_text());
