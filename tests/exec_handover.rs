@@ -63,6 +63,25 @@ fn unit(app: &App, options: &str, extra: &str) -> String {
     )
 }
 
+/// Starts app.service: fdstore-exec with `--listen web=tcp:127.0.0.1:PORT`
+/// and `options`, running the probe with `actions`; `extra` goes into
+/// `[Service]`.
+fn start_app(sd: &Systemd, actions: &str, options: &str, extra: &str) -> (u16, App) {
+    let port = free_port();
+    let app = App::new(sd);
+    app.version(actions);
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--listen web=tcp:127.0.0.1:{port} {options}"),
+            extra,
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    (port, app)
+}
+
 fn main_pid(sd: &Systemd) -> u32 {
     sd.show("app.service", "MainPID").parse().unwrap()
 }
@@ -97,14 +116,7 @@ fn reload_command(pid: u32) -> std::process::Output {
 }
 
 fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (port, app) = start_app(sd, "receive serve web ready", "", "");
     let traffic = Traffic::start(port, 4);
     let mut mains = vec![main_pid(sd)];
     for round in 1..=3 {
@@ -203,14 +215,7 @@ fn listeners_from_socket_units_and_specs_pass_through_without_leaks(sd: &Systemd
 }
 
 fn a_broken_new_version_rolls_back(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (port, app) = start_app(sd, "receive serve web ready", "", "");
     let first = main_pid(sd);
     let traffic = Traffic::start(port, 2);
     app.version("receive exit 1");
@@ -244,18 +249,7 @@ fn a_broken_new_version_rolls_back(sd: &Systemd) {
 }
 
 fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(
-            &app,
-            &format!("--listen web=tcp:127.0.0.1:{port} --ready-timeout 1s"),
-            "",
-        ),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (port, app) = start_app(sd, "receive serve web ready", "--ready-timeout 1s", "");
     let first = main_pid(sd);
     app.version("receive sleep 60000 ready");
     let out = sd.systemctl(&["reload", "app.service"]);
@@ -279,18 +273,12 @@ fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
 }
 
 fn drain_timeout_ends_with_sigkill(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready ignore-stop");
-    sd.install(&[(
-        "app.service",
-        &unit(
-            &app,
-            &format!("--listen web=tcp:127.0.0.1:{port} --drain-timeout 1s"),
-            "",
-        ),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (port, app) = start_app(
+        sd,
+        "receive serve web ready ignore-stop",
+        "--drain-timeout 1s",
+        "",
+    );
     app.version("receive serve web ready");
     sd.ok(&["reload", "app.service"]);
     let starts = app.starts();
@@ -306,14 +294,7 @@ fn wait_line(report: &Path, text: &str) {
 }
 
 fn reload_from_another_uid_is_refused(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (_, app) = start_app(sd, "receive serve web ready", "", "");
     let main = main_pid(sd);
     // A copy of fdstore-exec that user nobody may run.
     let copy = std::env::temp_dir().join(format!("fdstore-exec-{}", std::process::id()));
@@ -365,14 +346,7 @@ fn fdstore_exec_copy_for_nobody() -> PathBuf {
 }
 
 fn a_second_reload_during_one_is_refused(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (_, app) = start_app(sd, "receive serve web ready", "", "");
     let main = main_pid(sd);
     let gate = sd.path("gate");
     app.version(&format!("receive serve web await {} ready", gate.display()));
@@ -400,14 +374,7 @@ fn a_second_reload_during_one_is_refused(sd: &Systemd) {
 }
 
 fn a_stop_during_a_reload_stops_both_generations_cleanly(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (_, app) = start_app(sd, "receive serve web ready", "", "");
     app.version(&format!(
         "receive serve web await {} ready",
         sd.path("never").display()
@@ -582,18 +549,12 @@ fn restart_mode_keeps_listeners_across_systemctl_restart(sd: &Systemd) {
 }
 
 fn a_crash_after_a_hand_over_restarts_with_the_same_listener(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web ready");
-    sd.install(&[(
-        "app.service",
-        &unit(
-            &app,
-            &format!("--listen web=tcp:127.0.0.1:{port}"),
-            "Restart=on-failure\nRestartSec=300ms\n",
-        ),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    let (port, app) = start_app(
+        sd,
+        "receive serve web ready",
+        "",
+        "Restart=on-failure\nRestartSec=300ms\n",
+    );
     sd.ok(&["reload", "app.service"]);
     let crashed = app.starts()[1].clone();
     rustix::process::kill_process(
@@ -647,14 +608,7 @@ fn an_upgraded_fdstore_exec_takes_over_at_the_next_reload(sd: &Systemd) {
 }
 
 fn notifications_from_outside_the_unit_are_ignored(sd: &Systemd) {
-    let port = free_port();
-    let app = App::new(sd);
-    app.version("receive serve web status genuine ready");
-    sd.install(&[(
-        "app.service",
-        &unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), ""),
-    )]);
-    sd.ok(&["start", "app.service"]);
+    start_app(sd, "receive serve web status genuine ready", "", "");
     // The program's notification socket is an abstract name, which anyone
     // can read in /proc/net/unix.
     let main = main_pid(sd);
