@@ -418,6 +418,13 @@ mount -t tmpfs tmpfs /run/user
 mount -t tmpfs tmpfs /run/systemd
 mount -t tmpfs tmpfs /run/log
 mkdir -p /run/systemd/system /run/systemd/journal /run/log/journal
+# What PID 1 provides for ProtectHome=, InaccessiblePaths= and friends.
+mkdir -p /run/systemd/inaccessible
+mkdir -m 0000 /run/systemd/inaccessible/dir
+: > /run/systemd/inaccessible/reg && chmod 0000 /run/systemd/inaccessible/reg
+mkfifo -m 0000 /run/systemd/inaccessible/fifo
+mknod -m 0000 /run/systemd/inaccessible/chr c 0 0
+mknod -m 0000 /run/systemd/inaccessible/blk b 0 0
 mount --bind '{w}/journal' /run/log/journal
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} '{root}/lib/systemd/systemd-journald' &
