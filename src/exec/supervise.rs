@@ -761,7 +761,12 @@ impl<'c> Supervisor<'c> {
     }
 
     fn on_client(&mut self, index: usize) {
-        let request = match self.clients[index].read_request() {
+        // An earlier event of the same wake-up (a completed hand-over) may
+        // have closed the client list.
+        let Some(client) = self.clients.get(index) else {
+            return;
+        };
+        let request = match client.read_request() {
             Ok(None) => return,
             Ok(Some(request)) => request,
             Err(_) => {
