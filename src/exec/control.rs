@@ -235,19 +235,6 @@ impl ControlConnection {
         Ok(())
     }
 
-    /// Whether the client hung up (checked without reading).
-    pub fn hung_up(&self) -> bool {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.socket,
-            rustix::event::PollFlags::IN,
-        )];
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1) if fds[0].revents().intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR))
-    }
-
     /// Whether the client may ask for a reload: root, or a process in
     /// `own_cgroup` (the unit's cgroup).
     pub fn may_reload(&self, own_cgroup: Option<&str>) -> bool {

@@ -307,9 +307,7 @@ impl<'c> Supervisor<'c> {
             self.on_program_ready();
         }
         loop {
-            if let Some(end) = self.check_timers()? {
-                return Ok(end);
-            }
+            self.check_timers()?;
             let mut sources = vec![Source::Signals, Source::Relay, Source::Program];
             if self.control.is_some() {
                 sources.push(Source::Control);
@@ -405,7 +403,7 @@ impl<'c> Supervisor<'c> {
         until.map(|u| u.saturating_duration_since(Instant::now()))
     }
 
-    fn check_timers(&mut self) -> Result<Option<Outcome>, ExecError> {
+    fn check_timers(&mut self) -> Result<(), ExecError> {
         let now = Instant::now();
         if self.waiting_for_ready() {
             match &self.config.ready {
@@ -450,7 +448,7 @@ impl<'c> Supervisor<'c> {
                 };
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     fn not_ready_in_time(&mut self) -> ExecError {
