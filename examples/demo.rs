@@ -11,6 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fdstore::exec::handover::parent_of;
 use support::load::{Load, LoadReport, Mode};
 use support::{free_port, Systemd, Version};
 
@@ -116,7 +117,7 @@ fn main() {
             (false, true) => {
                 done += 1;
                 handover_ms.push(took.as_secs_f64() * 1000.0);
-                if parent_of(main) != sd.manager_pid() as u32 {
+                if parent_of(main) != Some(sd.manager_pid() as u32) {
                     surprises.push(format!(
                         "reload {n}: MainPID {main} is not the manager's child"
                     ));
@@ -189,15 +190,6 @@ fn set_config(path: &PathBuf, text: &str) {
 
 fn main_pid(sd: &Systemd) -> u32 {
     sd.show("hello.service", "MainPID").parse().unwrap_or(0)
-}
-
-fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .and_then(|i| stat.get(i + 2..))
-        .and_then(|rest| rest.split(' ').nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 fn print_summary(
