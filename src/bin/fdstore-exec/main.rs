@@ -4,126 +4,16 @@
 //! This file holds only the command line and logging set-up; the work is in
 //! the `fdstore` library (`fdstore::exec`).
 
+mod cli;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use cli::{Action, Cli, Target};
 use fdstore::exec::control::{self, Reply, Request};
-use fdstore::exec::{self, handover, Config, Mode, Outcome, ProgramSpec, ReadyMode};
-use fdstore::ListenerSpec;
+use fdstore::exec::{self, handover, Config, Outcome, ProgramSpec};
 use nix::sys::signal::Signal;
-
-/// Run a network program under systemd so that `systemctl reload` replaces it
-/// with a fresh process without refusing, resetting or stalling a connection.
-///
-/// The program receives its listeners as descriptors 3, 4, ... with
-/// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, as under systemd socket
-/// activation. Listeners come from the unit's socket units and fd store;
-/// a --listen name that systemd did not pass is created and put into the fd
-/// store, so it stays open across crashes and restarts.
-#[derive(Debug, Parser)]
-#[command(
-    name = "fdstore-exec",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    action: Option<Action>,
-
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Debug, Subcommand)]
-enum Action {
-    /// Replace the running generation with a new one and wait for the
-    /// outcome (for ExecReload=). Exits 0 once the new generation serves,
-    /// non-zero with the reason when the old one had to keep serving.
-    Reload(Target),
-    /// Print the generation, its pid and the last reload's outcome.
-    Status(Target),
-}
-
-/// Which fdstore-exec to talk to.
-#[derive(Debug, Args)]
-struct Target {
-    /// The pid of the unit's main process [default: $MAINPID, which systemd
-    /// sets for ExecReload=].
-    #[arg(long, value_name = "PID", conflicts_with = "unit")]
-    pid: Option<u32>,
-
-    /// Ask systemctl for this unit's main process.
-    #[arg(long, value_name = "UNIT")]
-    unit: Option<String>,
-
-    /// With --unit: the unit is in the user's service manager.
-    #[arg(long, requires = "unit")]
-    user: bool,
-}
-
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// A listener the program needs, as NAME=KIND:ADDRESS[,OPTION]...
-    /// (for example web=tcp:[::]:8080 or api=unix:/run/app/api.sock,mode=0660).
-    /// Repeat for several.
-    #[arg(long = "listen", value_name = "NAME=SPEC", value_parser = parse_spec)]
-    listen: Vec<ListenerSpec>,
-
-    /// How to tell that the program is ready: notify (it sends READY=1),
-    /// exec (once started), delay:DURATION, or command:SHELL-COMMAND (ready
-    /// when the command exits 0).
-    #[arg(long, value_name = "MODE", default_value = "notify", value_parser = parse_ready)]
-    ready: ReadyMode,
-
-    /// How long the program may take to become ready.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
-    ready_timeout: Duration,
-
-    /// A file of listener specs, one NAME=KIND:ADDRESS[,OPTION]... per line
-    /// (# starts a comment). Read again at every reload: added listeners
-    /// appear in the new generation, removed ones are closed and removed
-    /// from the fd store once the old generation is gone.
-    #[arg(long, value_name = "PATH")]
-    listen_file: Option<PathBuf>,
-
-    /// handover: a reload starts a new generation beside the old one and
-    /// hands over when it is ready. restart: no overlap; listeners are kept
-    /// in the fd store across `systemctl restart`, SIGHUP goes to the program.
-    #[arg(long, value_name = "MODE", default_value = "handover", value_parser = parse_mode)]
-    mode: Mode,
-
-    /// The signal that tells the old generation to stop accepting and finish
-    /// its connections after a hand-over.
-    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = fdstore::parse_signal)]
-    drain_signal: Signal,
-
-    /// How long the old generation may drain before it is killed (SIGKILL).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-
-    /// The program to run, and its arguments.
-    #[arg(required = true, last = true, value_name = "PROGRAM")]
-    command: Vec<OsString>,
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    s.parse()
-}
-
-fn parse_spec(s: &str) -> Result<ListenerSpec, String> {
-    s.parse().map_err(|e: fdstore::SpecError| e.to_string())
-}
-
-fn parse_ready(s: &str) -> Result<ReadyMode, String> {
-    s.parse()
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    fdstore::parse_duration(s)
-}
 
 /// Logs go to the journal when stderr is connected to it (as under systemd),
 /// to stderr otherwise.

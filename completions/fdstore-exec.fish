@@ -1,0 +1,46 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_fdstore_exec_global_optspecs
+    string join \n listen= ready= ready-timeout= listen-file= mode= drain-signal= drain-timeout= h/help V/version
+end
+
+function __fish_fdstore_exec_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_fdstore_exec_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_fdstore_exec_using_subcommand
+    set -l cmd (__fish_fdstore_exec_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l listen -d 'A listener the program needs, as NAME=KIND:ADDRESS[,OPTION]... (for example web=tcp:[::]:8080 or api=unix:/run/app/api.sock,mode=0660). Repeat for several' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l ready -d 'How to tell that the program is ready: notify (it sends READY=1), exec (once started), delay:DURATION, or command:SHELL-COMMAND (ready when the command exits 0)' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l ready-timeout -d 'How long the program may take to become ready' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l listen-file -d 'A file of listener specs, one NAME=KIND:ADDRESS[,OPTION]... per line (# starts a comment). Read again at every reload: added listeners appear in the new generation, removed ones are closed and removed from the fd store once the old generation is gone' -r -F
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l mode -d 'handover: a reload starts a new generation beside the old one and hands over when it is ready. restart: no overlap; listeners are kept in the fd store across `systemctl restart`, SIGHUP goes to the program' -r -f -a "handover\t''
+restart\t''"
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-signal -d 'The signal that tells the old generation to stop accepting and finish its connections after a hand-over' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-timeout -d 'How long the old generation may drain before it is killed (SIGKILL)' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s V -l version -d 'Print version'
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -a "reload" -d 'Hand the listeners over to a new generation and wait for the outcome'
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -a "status" -d 'Print the generation, its pid and the last reload\'s outcome'
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand reload" -l pid -d 'The pid of the unit\'s main process [default: $MAINPID, which systemd sets for ExecReload=]' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand reload" -l unit -d 'Ask systemctl for this unit\'s main process' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand reload" -l user -d 'With --unit: the unit is in the user\'s service manager'
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand reload" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand status" -l pid -d 'The pid of the unit\'s main process [default: $MAINPID, which systemd sets for ExecReload=]' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand status" -l unit -d 'Ask systemctl for this unit\'s main process' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand status" -l user -d 'With --unit: the unit is in the user\'s service manager'
+complete -c fdstore-exec -n "__fish_fdstore_exec_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'

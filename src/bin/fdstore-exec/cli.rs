@@ -1,0 +1,145 @@
+//! The command line of `fdstore-exec`, kept apart from `main` so that the
+//! manual page and the shell completions can be generated from it
+//! (`tests/generated.rs`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fdstore::exec::{Mode, ReadyMode};
+use fdstore::ListenerSpec;
+use nix::sys::signal::Signal;
+
+/// Run a network program under systemd with reloads that lose no connection.
+///
+/// `systemctl reload` starts a new generation of the program beside the old
+/// one, hands the listeners over once it is ready, and only then lets the old
+/// one drain and exit. If the new one fails, the old one keeps serving and the
+/// reload fails with the reason.
+///
+/// The program receives its listeners as descriptors 3, 4, ... with
+/// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, as under systemd socket
+/// activation. Listeners come from the unit's socket units and fd store;
+/// a --listen name that systemd did not pass is created and put into the fd
+/// store, so it stays open across crashes and restarts.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fdstore-exec",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Hand the listeners over to a new generation and wait for the outcome.
+    ///
+    /// Meant for ExecReload=. Exits 0 once the new generation serves, and
+    /// non-zero with the reason when the old one had to keep serving.
+    Reload(Target),
+    /// Print the generation, its pid and the last reload's outcome.
+    ///
+    /// The same line as the unit's status text. Anyone may ask.
+    Status(Target),
+}
+
+/// Which fdstore-exec to talk to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The pid of the unit's main process [default: $MAINPID, which systemd
+    /// sets for ExecReload=].
+    #[arg(long, value_name = "PID", conflicts_with = "unit")]
+    pub pid: Option<u32>,
+
+    /// Ask systemctl for this unit's main process.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+
+    /// With --unit: the unit is in the user's service manager.
+    #[arg(long, requires = "unit")]
+    pub user: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A listener the program needs, as NAME=KIND:ADDRESS[,OPTION]...
+    /// (for example web=tcp:[::]:8080 or api=unix:/run/app/api.sock,mode=0660).
+    /// Repeat for several.
+    #[arg(long = "listen", value_name = "NAME=SPEC", value_parser = parse_spec)]
+    pub listen: Vec<ListenerSpec>,
+
+    /// How to tell that the program is ready: notify (it sends READY=1),
+    /// exec (once started), delay:DURATION, or command:SHELL-COMMAND (ready
+    /// when the command exits 0).
+    #[arg(long, value_name = "MODE", default_value = "notify", value_parser = parse_ready)]
+    pub ready: ReadyMode,
+
+    /// How long the program may take to become ready.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// A file of listener specs, one NAME=KIND:ADDRESS[,OPTION]... per line
+    /// (# starts a comment). Read again at every reload: added listeners
+    /// appear in the new generation, removed ones are closed and removed
+    /// from the fd store once the old generation is gone.
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    pub listen_file: Option<PathBuf>,
+
+    /// handover: a reload starts a new generation beside the old one and
+    /// hands over when it is ready. restart: no overlap; listeners are kept
+    /// in the fd store across `systemctl restart`, SIGHUP goes to the program.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "handover",
+        value_parser = mode_parser(),
+        hide_possible_values = true
+    )]
+    pub mode: Mode,
+
+    /// The signal that tells the old generation to stop accepting and finish
+    /// its connections after a hand-over.
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = fdstore::parse_signal)]
+    pub drain_signal: Signal,
+
+    /// How long the old generation may drain before it is killed (SIGKILL).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// The program to run, and its arguments.
+    #[arg(
+        required = true,
+        last = true,
+        value_name = "PROGRAM",
+        value_hint = clap::ValueHint::CommandWithArguments
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `--mode`: its values are listed, so that `--help` and the shell
+/// completions offer them.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["handover", "restart"]).try_map(|s| s.parse::<Mode>())
+}
+
+fn parse_spec(s: &str) -> Result<ListenerSpec, String> {
+    s.parse().map_err(|e: fdstore::SpecError| e.to_string())
+}
+
+fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    s.parse()
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    fdstore::parse_duration(s)
+}
