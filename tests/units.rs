@@ -1,10 +1,19 @@
 //! The example units in `units/`: `systemd-analyze verify` accepts them
-//! (252 and 254).
+//! (252 and 254), and the hardened `app.socket` + `app.service` pair, started
+//! as shipped in a private manager, hands over under traffic.
+//!
+//! With `FDSTORE_TEST_INSTALLED=1` (set by `tests/package` after installing
+//! the Debian package) the pair runs `/usr/bin/fdstore-exec` as written in
+//! the unit instead of the freshly built binary.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use support::Version;
+use std::time::Duration;
+
+use fdstore::exec::handover::parent_of;
+use support::load::{Load, Mode};
+use support::{free_port, wait_for, Systemd, Version};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -84,3 +93,186 @@ fn shipped_units_pass_systemd_analyze_verify_252() {
 fn shipped_units_pass_systemd_analyze_verify_254() {
     shipped_units_pass_systemd_analyze_verify(Version::V254);
 }
+
+/// Whether the pair runs the installed `/usr/bin/fdstore-exec`.
+fn installed() -> bool {
+    std::env::var_os("FDSTORE_TEST_INSTALLED").is_some_and(|v| v == "1")
+}
+
+/// A directory the hardened unit can read: not under /home or /root
+/// (`ProtectHome=`) nor /tmp (`PrivateTmp=`), removed on drop.
+struct Visible(PathBuf);
+
+impl Visible {
+    fn new(tag: &str) -> Visible {
+        let dir = PathBuf::from(format!(
+            "/opt/fdstore-test/shipped-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Visible(dir)
+    }
+}
+
+impl Drop for Visible {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_executable(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+}
+
+/// The shipped pair as written, but for the port (loopback only), the
+/// program (`hello_http` standing in for `/usr/bin/app`), its configuration
+/// file, and, unless testing the installed package, fdstore-exec.
+fn shipped_pair(dir: &Path, port: u16) -> (String, String) {
+    let app = dir.join("app");
+    copy_executable(&support::example("hello_http"), &app);
+    let exec = if installed() {
+        "/usr/bin/fdstore-exec".to_owned()
+    } else {
+        let exec = dir.join("fdstore-exec");
+        copy_executable(Path::new(fdstore_exec()), &exec);
+        exec.display().to_string()
+    };
+    let socket = shipped("app.socket").replace(
+        "ListenStream=8080",
+        &format!("ListenStream=127.0.0.1:{port}"),
+    );
+    let service = shipped("app.service")
+        .replace("tcp:[::]:8080", &format!("tcp:127.0.0.1:{port}"))
+        .replace("/usr/bin/fdstore-exec", &exec)
+        .replace("/usr/bin/app", &app.display().to_string())
+        .replace(
+            "/etc/app/app.conf",
+            &dir.join("app.conf").display().to_string(),
+        );
+    assert!(
+        socket.contains(&format!("127.0.0.1:{port}"))
+            && service.contains(&format!("127.0.0.1:{port}")),
+        "units/app.socket or units/app.service no longer has the lines this test adapts"
+    );
+    (socket, service)
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
+    let dir = Visible::new(&sd.version.number().to_string());
+    let port = free_port();
+    let config = dir.0.join("app.conf");
+    std::fs::write(&config, "hello from version 1\n").unwrap();
+    let (socket, service) = shipped_pair(&dir.0, port);
+    sd.install(&[("app.socket", &socket), ("app.service", &service)]);
+    sd.ok(&["start", "app.socket", "app.service"]);
+
+    let main = || -> u32 { sd.show("app.service", "MainPID").parse().unwrap() };
+    let first = main();
+    let exe = std::fs::read_link(format!("/proc/{first}/exe")).unwrap();
+    if installed() {
+        assert_eq!(
+            exe,
+            Path::new("/usr/bin/fdstore-exec"),
+            "the installed binary runs"
+        );
+    }
+    // The hardening is in force (NoNewPrivileges=, a private mount namespace).
+    assert_eq!(status_field(first, "NoNewPrivs:"), "1");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{first}/ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "ProtectSystem=/PrivateTmp= give the unit its own mount namespace"
+    );
+
+    let loads = [
+        Load::start(port, Mode::NewConnection, 2),
+        Load::start(port, Mode::KeepAlive, 2),
+    ];
+    let mut mains = vec![first];
+    for version in 2..=4 {
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(&config, format!("hello from version {version}\n")).unwrap();
+        sd.ok(&["reload", "app.service"]);
+        let now = main();
+        assert!(
+            !mains.contains(&now),
+            "reload {version}: MainPID did not change"
+        );
+        assert_eq!(
+            parent_of(now).map(|p| p as i32),
+            Some(sd.manager_pid()),
+            "reload {version}: the new main process must be the manager's child"
+        );
+        mains.push(now);
+    }
+    // A broken configuration: the reload fails, version 4 keeps serving.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&config, "broken\n").unwrap();
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(
+        !out.status.success(),
+        "a broken version must fail the reload"
+    );
+    assert_eq!(
+        main(),
+        *mains.last().unwrap(),
+        "the old generation keeps serving"
+    );
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+    std::thread::sleep(Duration::from_millis(300));
+
+    for load in loads {
+        let report = load.stop();
+        assert_eq!(
+            report.failed(),
+            0,
+            "failed requests: {:?}, e.g. {:?}\n{}",
+            report.failures,
+            report.examples,
+            sd.journal_tail(60)
+        );
+        assert!(report.ok > 0);
+        assert!(
+            report
+                .bodies
+                .iter()
+                .any(|b| b.starts_with("hello from version 4")),
+            "{:?}",
+            report.bodies
+        );
+    }
+    let journal = sd.journal();
+    assert!(!journal.contains("not our child"), "{journal}");
+    assert!(
+        journal.contains("the configuration says 'broken'"),
+        "the reason is in the journal"
+    );
+    // fdstore-exec logs through the journal's native protocol, not as
+    // formatted text on stderr (which would carry its own timestamps).
+    assert!(
+        !journal
+            .lines()
+            .any(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "fdstore-exec's log went to stderr instead of the journal:\n{journal}"
+    );
+
+    sd.ok(&["stop", "app.service", "app.socket"]);
+    sd.wait_for_property("app.service", "ActiveState", "inactive");
+    assert_eq!(sd.show("app.service", "Result"), "success");
+    wait_for(
+        "the unit's processes to end",
+        Duration::from_secs(10),
+        || sd.unit_processes("app.service").is_empty().then_some(()),
+    );
+}
+
+on_each_systemd!(shipped_pair_reloads_under_traffic);

@@ -414,12 +414,18 @@ fn launch_script(version: Version, work: &Path) -> String {
         .unwrap_or_default();
     format!(
         r#"set -e
-mount -t tmpfs tmpfs /run/user
-mount -t tmpfs tmpfs /run/systemd
-mount -t tmpfs tmpfs /run/log
-mkdir -p /run/systemd/system /run/systemd/journal /run/log/journal
+# One tmpfs on /run, as at boot (separate tmpfs mounts on /run/systemd and
+# friends get lost in the mount namespaces systemd builds for sandboxed
+# units, which then cannot reach the journal or the notification socket).
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/user /run/lock /run/systemd/system /run/systemd/journal /run/log/journal
 # What PID 1 provides for ProtectHome=, InaccessiblePaths= and friends.
 mkdir -p /run/systemd/inaccessible
+# The manager's runtime directory (hence NOTIFY_SOCKET) where the units'
+# sandboxing does not hide it (PrivateTmp= hides /tmp, ProtectHome=
+# /run/user); systemctl outside the namespace reaches it as {w}/xdg.
+mkdir -m 0700 /run/systemd/fdst-runtime
+mount --bind '{w}/xdg' /run/systemd/fdst-runtime
 mkdir -m 0000 /run/systemd/inaccessible/dir
 : > /run/systemd/inaccessible/reg && chmod 0000 /run/systemd/inaccessible/reg
 mkfifo -m 0000 /run/systemd/inaccessible/fifo
@@ -434,7 +440,7 @@ while [ ! -S /run/systemd/journal/socket ]; do
     i=$((i+1)); [ $i -lt 1000 ] || {{ echo 'journald did not start' >&2; exit 1; }}
     sleep 0.01
 done
-env -i XDG_RUNTIME_DIR='{w}/xdg' SYSTEMD_UNIT_PATH='{w}/units' HOME=/root \
+env -i XDG_RUNTIME_DIR=/run/systemd/fdst-runtime SYSTEMD_UNIT_PATH='{w}/units' HOME=/root \
     PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} \
     '{root}/lib/systemd/systemd' --user --log-target=journal --log-level=debug &
 manager=$!

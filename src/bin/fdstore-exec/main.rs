@@ -16,22 +16,30 @@ use fdstore::exec::{self, handover, Config, Outcome, ProgramSpec};
 use nix::sys::signal::Signal;
 
 /// Logs go to the journal when stderr is connected to it (as under systemd),
-/// to stderr otherwise.
+/// to stderr otherwise, and to stderr with a warning when the journal's
+/// socket cannot be reached.
 fn init_logging() {
     use tracing_subscriber::prelude::*;
     let journal = std::env::var_os("JOURNAL_STREAM")
         .is_some()
-        .then(|| tracing_journald::layer().ok())
-        .flatten();
-    match journal {
-        Some(layer) => tracing_subscriber::registry().with(layer).init(),
-        None => tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .init(),
+        .then(tracing_journald::layer);
+    let journal_error = match journal {
+        Some(Ok(layer)) => {
+            tracing_subscriber::registry().with(layer).init();
+            return;
+        }
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    if let Some(e) = journal_error {
+        tracing::warn!("cannot log to the journal's socket ({e}); logging to stderr instead");
     }
 }
 
