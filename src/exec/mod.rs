@@ -16,6 +16,7 @@
 mod config;
 pub mod control;
 pub mod handover;
+mod limits;
 mod listen_file;
 mod listeners;
 mod program;
