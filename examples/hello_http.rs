@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - The listener named `http` comes from `LISTEN_FDS` (fdstore-exec, a
-//!   socket unit, or the fd store).
+//!   socket unit, or the fd store); `--bind tcp:ADDRESS:PORT[,reuseport]`
+//!   makes it bind its own instead, as the benchmark's baselines do.
 //! - It reads its configuration file at start: one line, the greeting. A
 //!   file that says `broken` makes it exit with status 1 before it is ready,
 //!   as a new version with a bad configuration would.
@@ -60,14 +61,10 @@ fn main() {
         }
     };
     let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
-    let mut fds = ListenFds::from_env(UnsetEnv::Yes).unwrap_or_else(|e| {
-        eprintln!("hello_http: {e}");
-        std::process::exit(78);
-    });
-    let listener = fds.tcp_listener("http").unwrap_or_else(|e| {
-        eprintln!("hello_http: {e}; run it under fdstore-exec --listen http=tcp:ADDRESS:PORT");
-        std::process::exit(78);
-    });
+    let listener = match args.iter().position(|a| a == "--bind") {
+        Some(i) => bind_own(args.get(i + 1).map(String::as_str).unwrap_or("")),
+        None => inherited_listener(),
+    };
     // Another generation may take a connection between our poll and our
     // accept, so accept must not block. O_NONBLOCK belongs to the listener's
     // open file description, shared by every generation: fine for programs
@@ -92,6 +89,32 @@ fn main() {
     while open.load(Ordering::SeqCst) > 0 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The listener named `http` from `LISTEN_FDS`.
+fn inherited_listener() -> TcpListener {
+    let mut fds = ListenFds::from_env(UnsetEnv::Yes).unwrap_or_else(|e| {
+        eprintln!("hello_http: {e}");
+        std::process::exit(78);
+    });
+    fds.tcp_listener("http").unwrap_or_else(|e| {
+        eprintln!("hello_http: {e}; run it under fdstore-exec --listen http=tcp:ADDRESS:PORT");
+        std::process::exit(78);
+    })
+}
+
+/// `--bind tcp:ADDRESS:PORT[,reuseport]`: a socket of its own, as programs
+/// that do not take listeners from systemd have (the benchmark's baselines).
+fn bind_own(spec: &str) -> TcpListener {
+    let spec: fdstore::ListenerSpec = format!("http={spec}").parse().unwrap_or_else(|e| {
+        eprintln!("hello_http: --bind: {e}");
+        std::process::exit(64);
+    });
+    let fd = spec.bind().unwrap_or_else(|e| {
+        eprintln!("hello_http: {e}");
+        std::process::exit(69);
+    });
+    TcpListener::from(fd.into_fd())
 }
 
 fn accept_until_draining(listener: &TcpListener, body: &Arc<String>, open: &Arc<AtomicUsize>) {

@@ -1,0 +1,529 @@
+//! The reload-under-load benchmark: every scenario under a private systemd
+//! 252, HTTP load on loopback in both client modes, one results table.
+//! Run it with `bash tests/bench [RELOADS]` (as root), which builds
+//! everything first.
+//!
+//! Scenarios:
+//! - `handover (socket unit)`, `handover (fd store)`: fdstore-exec, a
+//!   `systemctl reload` every `--interval`;
+//! - `restart mode (fd store)`: fdstore-exec `--mode restart`, `systemctl
+//!   restart`;
+//! - `naive restart`: the program binds its own socket, `systemctl restart`;
+//! - `SO_REUSEPORT overlap`: start a new instance on the same port with
+//!   SO_REUSEPORT, then stop the old one;
+//! - `control: kill`: the server is killed outright once, which must show
+//!   failed requests (proof that failures are counted).
+//!
+//! Also measured: reload round trip minus the program's own time to ready,
+//! fdstore-exec's resident memory, its wake-ups while idle, and the time to
+//! hand over 1,000 listeners.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::load::{Load, LoadReport, Mode};
+use support::{free_port, Systemd, Version};
+
+const NEW_CONNECTION_CLIENTS: usize = 2;
+const KEEP_ALIVE_CLIENTS: usize = 2;
+/// A reload window: from the command's start to this long after it returned.
+const WINDOW_TAIL: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    HandoverSocket,
+    HandoverStore,
+    RestartMode,
+    NaiveRestart,
+    ReuseportOverlap,
+    ControlKill,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::HandoverSocket => "fdstore-exec handover (socket unit)",
+            Kind::HandoverStore => "fdstore-exec handover (fd store)",
+            Kind::RestartMode => "fdstore-exec --mode restart (fd store)",
+            Kind::NaiveRestart => "naive restart (own socket)",
+            Kind::ReuseportOverlap => "SO_REUSEPORT overlap (start new, stop old)",
+            Kind::ControlKill => "control: server killed once",
+        }
+    }
+
+    fn uses_fdstore_exec(self) -> bool {
+        matches!(
+            self,
+            Kind::HandoverSocket | Kind::HandoverStore | Kind::RestartMode
+        )
+    }
+}
+
+struct Paths {
+    fdstore_exec: PathBuf,
+    server: PathBuf,
+}
+
+/// What one scenario measured.
+struct Outcome {
+    kind: Kind,
+    events: usize,
+    event_failures: usize,
+    reports: Vec<(Mode, LoadReport)>,
+    windows: Vec<(Instant, Instant)>,
+    round_trips: Vec<Duration>,
+    ready_times: Vec<Duration>,
+    max_rss_kib: Option<u64>,
+    idle_wakeups: Option<u64>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let reloads: usize = args.get(1).map_or(200, |a| {
+        a.parse().unwrap_or_else(|_| {
+            eprintln!("bench: usage: bench [RELOADS] [INTERVAL_MS] [SCENARIO]");
+            std::process::exit(64)
+        })
+    });
+    let interval = Duration::from_millis(args.get(2).map_or(500, |a| {
+        a.parse().unwrap_or_else(|_| {
+            eprintln!("bench: usage: bench [RELOADS] [INTERVAL_MS] [SCENARIO]");
+            std::process::exit(64)
+        })
+    }));
+    let exe = std::env::current_exe().expect("own path");
+    let bin_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+    let paths = Paths {
+        fdstore_exec: bin_dir.join("fdstore-exec"),
+        server: exe.with_file_name("hello_http"),
+    };
+    for needed in [&paths.fdstore_exec, &paths.server] {
+        if !needed.exists() {
+            eprintln!(
+                "bench: {} is missing; run `bash tests/bench`, which builds it",
+                needed.display()
+            );
+            std::process::exit(66);
+        }
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("bench: run it as root: it starts private systemd managers");
+        std::process::exit(77);
+    }
+
+    println!(
+        "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
+         {NEW_CONNECTION_CLIENTS} new-connection + {KEEP_ALIVE_CLIENTS} keep-alive clients, private systemd 252\n",
+        interval.as_millis()
+    );
+    let kinds = [
+        Kind::HandoverSocket,
+        Kind::HandoverStore,
+        Kind::RestartMode,
+        Kind::NaiveRestart,
+        Kind::ReuseportOverlap,
+        Kind::ControlKill,
+    ];
+    // A third argument selects scenarios whose label contains it.
+    let only = args.get(3).cloned().unwrap_or_default();
+    let mut outcomes = Vec::new();
+    for kind in kinds.into_iter().filter(|k| k.label().contains(&only)) {
+        let events = if kind == Kind::ControlKill {
+            1
+        } else {
+            reloads
+        };
+        println!("== {} ...", kind.label());
+        let outcome = run_scenario(&paths, kind, events, interval);
+        println!(
+            "   {} events ({} failed), {} requests, {} failed",
+            outcome.events,
+            outcome.event_failures,
+            outcome.reports.iter().map(|(_, r)| r.ok).sum::<u64>(),
+            outcome.reports.iter().map(|(_, r)| r.failed()).sum::<u64>()
+        );
+        outcomes.push(outcome);
+    }
+    println!("== 1,000 listeners ...");
+    let many = thousand_listeners(&paths);
+
+    println!();
+    print_table(&outcomes);
+    println!();
+    print_extras(&outcomes, &many);
+
+    let handover_clean = outcomes
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::HandoverSocket | Kind::HandoverStore))
+        .all(|o| o.event_failures == 0 && o.reports.iter().all(|(_, r)| r.failed() == 0));
+    let control_counted = outcomes
+        .iter()
+        .filter(|o| o.kind == Kind::ControlKill)
+        .all(|o| o.reports.iter().any(|(_, r)| r.failed() > 0));
+    println!();
+    if handover_clean && control_counted {
+        println!("result: PASS: 0 failed requests across every hand-over; the control scenario's failures were counted");
+    } else {
+        println!(
+            "result: FAIL: hand-over failures: {}, control failures counted: {control_counted}",
+            !handover_clean
+        );
+        std::process::exit(1);
+    }
+}
+
+fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, String)> {
+    let fe = paths.fdstore_exec.display();
+    let server = paths.server.display();
+    let config = config.display();
+    let common = "Type=notify\nKillMode=mixed\nTimeoutStartSec=30\nTimeoutStopSec=20\n";
+    // Hundreds of restarts: without this, the default start limit (5 starts
+    // in 10 s) fails the unit, which also empties its fd store.
+    let unit = "[Unit]\nStartLimitIntervalSec=0\n";
+    let socket =
+        format!("[Socket]\nListenStream=127.0.0.1:{port}\nFileDescriptorName=http\nBacklog=4096\n");
+    match kind {
+        Kind::HandoverSocket => vec![
+            ("bench.socket".into(), socket),
+            (
+                "bench.service".into(),
+                format!(
+                    "{unit}Requires=bench.socket\nAfter=bench.socket\n[Service]\n{common}FileDescriptorStoreMax=16\n\
+                     ExecStart={fe} --drain-timeout 10s -- {server} --config {config}\nExecReload={fe} reload\n"
+                ),
+            ),
+        ],
+        Kind::HandoverStore | Kind::RestartMode | Kind::ControlKill => {
+            let mode = if kind == Kind::RestartMode {
+                "--mode restart "
+            } else {
+                ""
+            };
+            let restart = if kind == Kind::ControlKill {
+                "Restart=no\n"
+            } else {
+                ""
+            };
+            vec![(
+                "bench.service".into(),
+                format!(
+                    "{unit}[Service]\n{common}{restart}FileDescriptorStoreMax=16\n\
+                     ExecStart={fe} {mode}--listen http=tcp:127.0.0.1:{port},backlog=4096 --drain-timeout 10s -- {server} --config {config}\n\
+                     ExecReload={fe} reload\n"
+                ),
+            )]
+        }
+        Kind::NaiveRestart => vec![(
+            "bench.service".into(),
+            format!(
+                "{unit}[Service]\n{common}ExecStart={server} --config {config} --bind tcp:127.0.0.1:{port},backlog=4096\n"
+            ),
+        )],
+        Kind::ReuseportOverlap => vec![(
+            "bench@.service".into(),
+            format!(
+                "{unit}[Service]\n{common}ExecStart={server} --config {config} --bind tcp:127.0.0.1:{port},backlog=4096,reuseport\n"
+            ),
+        )],
+    }
+}
+
+fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) -> Outcome {
+    let sd = Systemd::start(Version::V252);
+    let port = free_port();
+    let config = sd.path("bench.conf");
+    std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
+    let units = units(paths, kind, port, &config);
+    let units: Vec<(&str, &str)> = units
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    sd.install(&units);
+    let first = if kind == Kind::ReuseportOverlap {
+        "bench@0.service"
+    } else {
+        "bench.service"
+    };
+    sd.ok(&["start", first]);
+
+    let loads = [
+        (
+            Mode::NewConnection,
+            Load::start(port, Mode::NewConnection, NEW_CONNECTION_CLIENTS),
+        ),
+        (
+            Mode::KeepAlive,
+            Load::start(port, Mode::KeepAlive, KEEP_ALIVE_CLIENTS),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    let mut windows = Vec::new();
+    let mut round_trips = Vec::new();
+    let mut event_failures = 0;
+    let mut max_rss_kib = None;
+    for i in 0..events {
+        let started = Instant::now();
+        let ok = match kind {
+            Kind::HandoverSocket | Kind::HandoverStore => {
+                sd.systemctl(&["reload", "bench.service"]).status.success()
+            }
+            Kind::RestartMode | Kind::NaiveRestart => {
+                sd.systemctl(&["restart", "bench.service"]).status.success()
+            }
+            Kind::ReuseportOverlap => {
+                let next = format!("bench@{}.service", i + 1);
+                let old = format!("bench@{i}.service");
+                sd.systemctl(&["start", &next]).status.success()
+                    && sd.systemctl(&["stop", &old]).status.success()
+            }
+            Kind::ControlKill => sd
+                .systemctl(&["kill", "--signal=SIGKILL", "bench.service"])
+                .status
+                .success(),
+        };
+        let ended = Instant::now();
+        windows.push((started, ended + WINDOW_TAIL));
+        round_trips.push(ended - started);
+        if !ok {
+            event_failures += 1;
+            if event_failures == 1 {
+                eprintln!(
+                    "   event {} failed; the journal's end:\n{}",
+                    i + 1,
+                    sd.journal_tail(40)
+                );
+            }
+        }
+        if kind.uses_fdstore_exec() {
+            if let Some(rss) = main_pid(&sd).and_then(|pid| status_value(pid, "VmRSS:")) {
+                max_rss_kib = Some(max_rss_kib.map_or(rss, |m: u64| m.max(rss)));
+            }
+        }
+        let next = started + interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if kind == Kind::ControlKill {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let reports: Vec<(Mode, LoadReport)> = loads
+        .into_iter()
+        .map(|(mode, load)| (mode, load.stop()))
+        .collect();
+
+    // Idle: no traffic, no timers; count the wrapper's context switches.
+    let idle_wakeups = (kind == Kind::HandoverSocket)
+        .then(|| main_pid(&sd))
+        .flatten()
+        .and_then(|pid| {
+            let before = switches(pid)?;
+            std::thread::sleep(Duration::from_secs(5));
+            Some(switches(pid)? - before)
+        });
+    let ready_times = if kind.uses_fdstore_exec() {
+        ready_times(&sd)
+    } else {
+        Vec::new()
+    };
+    Outcome {
+        kind,
+        events,
+        event_failures,
+        reports,
+        windows,
+        round_trips,
+        ready_times,
+        max_rss_kib,
+        idle_wakeups,
+    }
+}
+
+fn main_pid(sd: &Systemd) -> Option<u32> {
+    sd.show("bench.service", "MainPID")
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
+}
+
+fn status_value(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+fn switches(pid: u32) -> Option<u64> {
+    Some(
+        status_value(pid, "voluntary_ctxt_switches:")?
+            + status_value(pid, "nonvoluntary_ctxt_switches:")?,
+    )
+}
+
+/// The program's own start-to-ready times: the `took` field of
+/// fdstore-exec's `generation N is ready` log entries (a journal field,
+/// `F_TOOK`, since fdstore-exec logs with the journal's native protocol).
+fn ready_times(sd: &Systemd) -> Vec<Duration> {
+    let Ok(out) = Command::new("journalctl")
+        .arg("-D")
+        .arg(sd.dir().join("journal"))
+        .args(["--no-pager", "-o", "verbose"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| parse_debug_duration(l.trim().strip_prefix("F_TOOK=")?))
+        .collect()
+}
+
+/// Parses a `Duration` printed with `{:?}` (`1.5ms`, `850.2µs`, `1.2s`).
+fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" | "us" => number / 1e6,
+        "ns" => number / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// Hand-over of 1,000 listeners (abstract Unix sockets from a listener
+/// file) plus the HTTP one: `systemctl reload` round trips.
+fn thousand_listeners(paths: &Paths) -> Vec<Duration> {
+    let sd = Systemd::start(Version::V252);
+    let port = free_port();
+    let config = sd.path("bench.conf");
+    std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
+    let list = sd.path("listeners");
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "l{i}=unix:@fdstore-bench/{}/{i}\n",
+            std::process::id()
+        ));
+    }
+    std::fs::write(&list, text).expect("writing the listener file");
+    let unit = format!(
+        "[Service]\nType=notify\nKillMode=mixed\nTimeoutStartSec=60\nFileDescriptorStoreMax=1100\n\
+         ExecStart={fe} --listen http=tcp:127.0.0.1:{port} --listen-file {list} --drain-timeout 10s -- {server} --config {config}\n\
+         ExecReload={fe} reload\n",
+        fe = paths.fdstore_exec.display(),
+        server = paths.server.display(),
+        list = list.display(),
+        config = config.display(),
+    );
+    sd.install(&[("bench.service", &unit)]);
+    sd.ok(&["start", "bench.service"]);
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        sd.ok(&["reload", "bench.service"]);
+        times.push(started.elapsed());
+    }
+    times
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn us_as_ms(us: Option<u32>) -> String {
+    us.map_or("-".into(), |v| format!("{:.2}", f64::from(v) / 1e3))
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn quantile_of(mut v: Vec<Duration>, q: f64) -> Option<Duration> {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied()
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    println!("| scenario | clients | requests | failed (by kind) | p50 ms | p99 ms | p99.9 ms | max ms | p99 in reload windows ms | p99 steady ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for o in outcomes {
+        for (mode, r) in &o.reports {
+            let in_window = |t: Instant| o.windows.iter().any(|(a, b)| t >= *a && t <= *b);
+            let failures = if r.failures.is_empty() {
+                "0".to_owned()
+            } else {
+                let kinds: Vec<String> =
+                    r.failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                format!("**{}** ({})", r.failed(), kinds.join(", "))
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                o.kind.label(),
+                match mode {
+                    Mode::NewConnection => "new connection",
+                    Mode::KeepAlive => "keep-alive",
+                },
+                r.ok + r.failed(),
+                failures,
+                us_as_ms(r.quantile(0.5, |_| true)),
+                us_as_ms(r.quantile(0.99, |_| true)),
+                us_as_ms(r.quantile(0.999, |_| true)),
+                us_as_ms(r.quantile(1.0, |_| true)),
+                us_as_ms(r.quantile(0.99, in_window)),
+                us_as_ms(r.quantile(0.99, |t| !in_window(t))),
+            );
+        }
+    }
+}
+
+fn print_extras(outcomes: &[Outcome], many: &[Duration]) {
+    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
+    println!("|---|---|---|---|---|---|---|");
+    for o in outcomes {
+        let rt50 = median(o.round_trips.clone());
+        let rt99 = quantile_of(o.round_trips.clone(), 0.99);
+        let ready = median(o.ready_times.clone());
+        let overhead = match (rt50, ready) {
+            (Some(rt), Some(ready)) if o.kind.uses_fdstore_exec() => ms(rt.saturating_sub(ready)),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} | {} ({}) | {} / {} | {} | {} | {} | {} |",
+            o.kind.label(),
+            o.events,
+            o.event_failures,
+            rt50.map_or("-".into(), ms),
+            rt99.map_or("-".into(), ms),
+            if o.kind.uses_fdstore_exec() {
+                ready.map_or("-".into(), ms)
+            } else {
+                "-".into()
+            },
+            overhead,
+            o.max_rss_kib
+                .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
+        );
+    }
+    println!();
+    println!(
+        "1,000 listeners (+1 HTTP) handed over: systemctl reload p50 {} ms, max {} ms (10 reloads)",
+        median(many.to_vec()).map_or("-".into(), ms),
+        many.iter().max().map_or("-".into(), |d| ms(*d)),
+    );
+}
