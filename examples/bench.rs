@@ -370,8 +370,9 @@ fn switches(pid: u32) -> Option<u64> {
 }
 
 /// The program's own start-to-ready times: the `took` field of
-/// fdstore-exec's `generation N is ready` log entries (a journal field,
-/// `F_TOOK`, since fdstore-exec logs with the journal's native protocol).
+/// fdstore-exec's `generation N is ready` log entries (journal fields
+/// `MESSAGE` and `F_TOOK`, since fdstore-exec logs with the journal's native
+/// protocol).
 fn ready_times(sd: &Systemd) -> Vec<Duration> {
     let Ok(out) = Command::new("journalctl")
         .arg("-D")
@@ -381,10 +382,26 @@ fn ready_times(sd: &Systemd) -> Vec<Duration> {
     else {
         return Vec::new();
     };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| parse_debug_duration(l.trim().strip_prefix("F_TOOK=")?))
-        .collect()
+    // Entries start at an unindented line; their fields follow indented.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut times = Vec::new();
+    let (mut is_ready, mut took) = (false, None);
+    for line in text.lines().chain(std::iter::once("end")) {
+        if !line.starts_with(char::is_whitespace) {
+            if let (true, Some(t)) = (is_ready, took.take()) {
+                times.push(t);
+            }
+            (is_ready, took) = (false, None);
+            continue;
+        }
+        let field = line.trim();
+        if let Some(message) = field.strip_prefix("MESSAGE=") {
+            is_ready = message.starts_with("generation ") && message.ends_with(" is ready");
+        } else if let Some(value) = field.strip_prefix("F_TOOK=") {
+            took = parse_debug_duration(value);
+        }
+    }
+    times
 }
 
 /// Parses a `Duration` printed with `{:?}` (`1.5ms`, `850.2µs`, `1.2s`).
