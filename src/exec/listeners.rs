@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use tracing::{info, warn};
 
 use super::config::{fail, sysexits, ExecError};
+use super::limits::{ensure_descriptor_room, needed_for};
 use super::listen_file::read_listen_file;
 use crate::listen::{ListenFds, NamedFd};
 use crate::notify::{FdPoll, Notifier};
@@ -66,6 +67,8 @@ pub(crate) fn gather(
 ) -> Result<ListenerSet, ExecError> {
     let received = ListenFds::from_env(UnsetEnv::Yes)
         .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))?;
+    // Room for the received listeners and those still to be created.
+    ensure_descriptor_room(needed_for(received.len() + specs.len()))?;
     let mut set = ListenerSet {
         managed: specs.iter().map(|s| s.name().to_owned()).collect(),
         ..ListenerSet::default()

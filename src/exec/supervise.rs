@@ -29,7 +29,6 @@ use tracing::{debug, error, info, warn};
 use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
 use super::control::{cgroup_of, ControlConnection, ControlServer, Refusal, Reply, Request};
 use super::handover::{parent_of, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV};
-use super::limits::{ensure_descriptor_room, needed_for};
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::program::spawn_program;
 use super::relay::{NotifyRelay, RelayMessage};
@@ -200,11 +199,6 @@ impl<'c> Supervisor<'c> {
         let is_main = predecessor.is_none();
         let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
         let specs = all_specs(&config.listen, config.listen_file.as_deref())?;
-        let received: usize = std::env::var("LISTEN_FDS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        ensure_descriptor_room(needed_for(specs.len() + received))?;
         let listeners = gather(&specs, previously_managed, is_main, &notifier)?;
         let relay = NotifyRelay::bind()
             .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
