@@ -16,7 +16,7 @@
 #[path = "../src/bin/fdstore-exec/cli.rs"]
 mod cli;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -272,41 +272,36 @@ fn pages() -> Vec<PathBuf> {
     pages
 }
 
-fn run(program: &str, args: &[&str], page: &Path) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .arg(page)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}); install it: apt-get install mandoc groff-base (tests/run does)")
-        })
-}
-
-#[test]
-fn manual_pages_lint_clean_with_mandoc() {
+/// Runs `program ARGS PAGE` on every page; each run must succeed and print
+/// nothing (no warning).
+fn assert_every_page_quiet(program: &str, args: &[&str]) {
     for page in pages() {
-        let out = run("mandoc", &["-T", "lint", "-W", "warning"], &page);
+        let out = Command::new(program)
+            .args(args)
+            .arg(&page)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {program} ({e}); install it: apt-get install mandoc groff-base (tests/run does)")
+            });
         let report = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && report.trim().is_empty(),
-            "mandoc -T lint -W warning {}:\n{report}",
+            "{program} {} {}:\n{report}",
+            args.join(" "),
             page.display()
         );
     }
 }
 
 #[test]
+fn manual_pages_lint_clean_with_mandoc() {
+    assert_every_page_quiet("mandoc", &["-T", "lint", "-W", "warning"]);
+}
+
+#[test]
 fn manual_pages_render_with_groff_without_warnings() {
-    for page in pages() {
-        let out = run("groff", &["-man", "-t", "-Tutf8", "-ww", "-z"], &page);
-        let report = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && report.trim().is_empty(),
-            "groff -man -ww {}:\n{report}",
-            page.display()
-        );
-    }
+    assert_every_page_quiet("groff", &["-man", "-t", "-Tutf8", "-ww", "-z"]);
 }
 
 #[test]
