@@ -83,37 +83,13 @@ struct Outcome {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let reloads: usize = args.get(1).map_or(200, |a| {
-        a.parse().unwrap_or_else(|_| {
-            eprintln!("bench: usage: bench [RELOADS] [INTERVAL_MS] [SCENARIO]");
-            std::process::exit(64)
-        })
-    });
-    let interval = Duration::from_millis(args.get(2).map_or(500, |a| {
-        a.parse().unwrap_or_else(|_| {
-            eprintln!("bench: usage: bench [RELOADS] [INTERVAL_MS] [SCENARIO]");
-            std::process::exit(64)
-        })
-    }));
-    let exe = std::env::current_exe().expect("own path");
-    let bin_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+    let reloads: usize = numeric_arg(&args, 1, 200);
+    let interval = Duration::from_millis(numeric_arg(&args, 2, 500));
+    let (fdstore_exec, server) = support::built_programs("bench", "tests/bench");
     let paths = Paths {
-        fdstore_exec: bin_dir.join("fdstore-exec"),
-        server: exe.with_file_name("hello_http"),
+        fdstore_exec,
+        server,
     };
-    for needed in [&paths.fdstore_exec, &paths.server] {
-        if !needed.exists() {
-            eprintln!(
-                "bench: {} is missing; run `bash tests/bench`, which builds it",
-                needed.display()
-            );
-            std::process::exit(66);
-        }
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("bench: run it as root: it starts private systemd managers");
-        std::process::exit(77);
-    }
 
     println!(
         "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
@@ -174,6 +150,16 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// Argument `i`, a number, or `default` when it is absent.
+fn numeric_arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
+    args.get(i).map_or(default, |a| {
+        a.parse().unwrap_or_else(|_| {
+            eprintln!("bench: usage: bench [RELOADS] [INTERVAL_MS] [SCENARIO]");
+            std::process::exit(64)
+        })
+    })
 }
 
 fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, String)> {
@@ -352,14 +338,7 @@ fn main_pid(sd: &Systemd) -> Option<u32> {
 }
 
 fn status_value(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix(field)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    support::proc_status(pid, field)?.parse().ok()
 }
 
 fn switches(pid: u32) -> Option<u64> {
@@ -464,9 +443,8 @@ fn us_as_ms(us: Option<u32>) -> String {
     us.map_or("-".into(), |v| format!("{:.2}", f64::from(v) / 1e3))
 }
 
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
-    v.sort();
-    v.get(v.len() / 2).copied()
+fn median(v: Vec<Duration>) -> Option<Duration> {
+    quantile_of(v, 0.5)
 }
 
 fn quantile_of(mut v: Vec<Duration>, q: f64) -> Option<Duration> {

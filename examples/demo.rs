@@ -8,7 +8,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fdstore::exec::handover::parent_of;
@@ -20,26 +20,7 @@ const BROKEN: usize = 5;
 const CLIENTS_PER_MODE: usize = 4;
 
 fn main() {
-    let exe = std::env::current_exe().expect("own path");
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/PROFILE/examples/demo");
-    let fdstore_exec = bin_dir.join("fdstore-exec");
-    let server = exe.with_file_name("hello_http");
-    for needed in [&fdstore_exec, &server] {
-        if !needed.exists() {
-            eprintln!(
-                "demo: {} is missing; run the demo with `bash tests/demo`, which builds it",
-                needed.display()
-            );
-            std::process::exit(66);
-        }
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("demo: run it as root: it starts a private systemd manager in its own cgroup");
-        std::process::exit(77);
-    }
+    let (fdstore_exec, server) = support::built_programs("demo", "tests/demo");
 
     println!("fdstore demo: zero-downtime reloads with fdstore-exec, under a private systemd\n");
     print!("[1/4] starting a private systemd 252 manager ... ");

@@ -158,14 +158,6 @@ fn shipped_pair(dir: &Path, port: u16) -> (String, String) {
     (socket, service)
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
-        .unwrap_or_default()
-}
-
 fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
     let dir = Visible::new(&sd.version.number().to_string());
     let port = free_port();
@@ -186,7 +178,10 @@ fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
         );
     }
     // The hardening is in force (NoNewPrivileges=, a private mount namespace).
-    assert_eq!(status_field(first, "NoNewPrivs:"), "1");
+    assert_eq!(
+        support::proc_status(first, "NoNewPrivs:").as_deref(),
+        Some("1")
+    );
     assert_ne!(
         std::fs::read_link(format!("/proc/{first}/ns/mnt")).unwrap(),
         std::fs::read_link("/proc/self/ns/mnt").unwrap(),

@@ -68,6 +68,47 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// For the demo and the benchmark (run as programs, not tests): the release
+/// `fdstore-exec` and `hello_http` built beside the running example. Exits
+/// with a message naming `script` when one is missing (66) or when not run
+/// as root (77).
+pub fn built_programs(tool: &str, script: &str) -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("own path");
+    let bin_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/PROFILE/examples/TOOL");
+    let fdstore_exec = bin_dir.join("fdstore-exec");
+    let server = exe.with_file_name("hello_http");
+    for needed in [&fdstore_exec, &server] {
+        if !needed.exists() {
+            eprintln!(
+                "{tool}: {} is missing; run `bash {script}`, which builds it",
+                needed.display()
+            );
+            std::process::exit(66);
+        }
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "{tool}: run it as root: it starts private systemd managers in their own cgroups"
+        );
+        std::process::exit(77);
+    }
+    (fdstore_exec, server)
+}
+
+/// The first word of a field (such as `VmRSS:`) of `/proc/PID/status`.
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    })
+}
+
 /// The probe example (see `examples/probe.rs`).
 pub fn probe() -> PathBuf {
     example("probe")
