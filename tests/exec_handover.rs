@@ -418,6 +418,9 @@ fn reload_by_signal(sd: &Systemd) {
     let second = main_pid(sd);
     assert_ne!(second, first);
     sd.wait_for_property("app.service", "ActiveState", "active");
+    // The reload completes at the new main's READY=1, before the old program
+    // has drained: until it is gone, either may answer.
+    wait_gone(&app.starts()[0]);
     assert_eq!(answer(port), format!("pid {}", app.starts()[1]));
     // A broken version: the reload ends (no hang), the old one serves.
     app.version("receive exit 3");
