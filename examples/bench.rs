@@ -40,6 +40,7 @@ enum Kind {
     RestartMode,
     NaiveRestart,
     ReuseportOverlap,
+    NoopReload,
     ControlKill,
 }
 
@@ -51,6 +52,7 @@ impl Kind {
             Kind::RestartMode => "fdstore-exec --mode restart (fd store)",
             Kind::NaiveRestart => "naive restart (own socket)",
             Kind::ReuseportOverlap => "SO_REUSEPORT overlap (start new, stop old)",
+            Kind::NoopReload => "systemd alone: reload with ExecReload=/bin/true",
             Kind::ControlKill => "control: server killed once",
         }
     }
@@ -76,7 +78,7 @@ struct Outcome {
     reports: Vec<(Mode, LoadReport)>,
     windows: Vec<(Instant, Instant)>,
     round_trips: Vec<Duration>,
-    ready_times: Vec<Duration>,
+    logged: LoggedTimes,
     max_rss_kib: Option<u64>,
     idle_wakeups: Option<u64>,
 }
@@ -91,9 +93,10 @@ fn main() {
         server,
     };
 
+    let (new_connection, keep_alive) = clients();
     println!(
         "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
-         {NEW_CONNECTION_CLIENTS} new-connection + {KEEP_ALIVE_CLIENTS} keep-alive clients, private systemd 252\n",
+         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd 252\n",
         interval.as_millis()
     );
     let kinds = [
@@ -102,6 +105,7 @@ fn main() {
         Kind::RestartMode,
         Kind::NaiveRestart,
         Kind::ReuseportOverlap,
+        Kind::NoopReload,
         Kind::ControlKill,
     ];
     // A third argument selects scenarios whose label contains it.
@@ -136,10 +140,12 @@ fn main() {
         .iter()
         .filter(|o| matches!(o.kind, Kind::HandoverSocket | Kind::HandoverStore))
         .all(|o| o.event_failures == 0 && o.reports.iter().all(|(_, r)| r.failed() == 0));
-    let control_counted = outcomes
-        .iter()
-        .filter(|o| o.kind == Kind::ControlKill)
-        .all(|o| o.reports.iter().any(|(_, r)| r.failed() > 0));
+    // With no load (FDSTORE_BENCH_CLIENTS=0) there is nothing to count.
+    let control_counted = clients() == (0, 0)
+        || outcomes
+            .iter()
+            .filter(|o| o.kind == Kind::ControlKill)
+            .all(|o| o.reports.iter().any(|(_, r)| r.failed() > 0));
     println!();
     if handover_clean && control_counted {
         println!("result: PASS: 0 failed requests across every hand-over; the control scenario's failures were counted");
@@ -160,6 +166,21 @@ fn numeric_arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T
             std::process::exit(64)
         })
     })
+}
+
+/// Load clients per mode: the defaults, or `FDSTORE_BENCH_CLIENTS` (the
+/// same count for both modes; 0 measures reloads with no load at all).
+fn clients() -> (usize, usize) {
+    match std::env::var("FDSTORE_BENCH_CLIENTS") {
+        Ok(n) => {
+            let n = n.parse().unwrap_or_else(|_| {
+                eprintln!("bench: FDSTORE_BENCH_CLIENTS must be a number, got {n:?}");
+                std::process::exit(64)
+            });
+            (n, n)
+        }
+        Err(_) => (NEW_CONNECTION_CLIENTS, KEEP_ALIVE_CLIENTS),
+    }
 }
 
 fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, String)> {
@@ -209,6 +230,15 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
                 "{unit}[Service]\n{common}ExecStart={server} --config {config} --bind tcp:127.0.0.1:{port},backlog=4096\n"
             ),
         )],
+        // What `systemctl reload` costs before any program does anything:
+        // the floor under every reload round trip.
+        Kind::NoopReload => vec![(
+            "bench.service".into(),
+            format!(
+                "{unit}[Service]\n{common}ExecStart={server} --config {config} --bind tcp:127.0.0.1:{port},backlog=4096\n\
+                 ExecReload=/bin/true\n"
+            ),
+        )],
         Kind::ReuseportOverlap => vec![(
             "bench@.service".into(),
             format!(
@@ -219,7 +249,7 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
 }
 
 fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) -> Outcome {
-    let sd = Systemd::start(Version::V252);
+    let sd = Systemd::start_logging(Version::V252, "info");
     let port = free_port();
     let config = sd.path("bench.conf");
     std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
@@ -236,14 +266,15 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     };
     sd.ok(&["start", first]);
 
+    let (new_connection, keep_alive) = clients();
     let loads = [
         (
             Mode::NewConnection,
-            Load::start(port, Mode::NewConnection, NEW_CONNECTION_CLIENTS),
+            Load::start(port, Mode::NewConnection, new_connection),
         ),
         (
             Mode::KeepAlive,
-            Load::start(port, Mode::KeepAlive, KEEP_ALIVE_CLIENTS),
+            Load::start(port, Mode::KeepAlive, keep_alive),
         ),
     ];
     std::thread::sleep(Duration::from_secs(1));
@@ -254,7 +285,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     for i in 0..events {
         let started = Instant::now();
         let ok = match kind {
-            Kind::HandoverSocket | Kind::HandoverStore => {
+            Kind::HandoverSocket | Kind::HandoverStore | Kind::NoopReload => {
                 sd.systemctl(&["reload", "bench.service"]).status.success()
             }
             Kind::RestartMode | Kind::NaiveRestart => {
@@ -312,10 +343,10 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
             std::thread::sleep(Duration::from_secs(5));
             Some(switches(pid)? - before)
         });
-    let ready_times = if kind.uses_fdstore_exec() {
-        ready_times(&sd)
+    let logged = if kind.uses_fdstore_exec() {
+        logged_times(&sd)
     } else {
-        Vec::new()
+        LoggedTimes::default()
     };
     Outcome {
         kind,
@@ -324,7 +355,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         reports,
         windows,
         round_trips,
-        ready_times,
+        logged,
         max_rss_kib,
         idle_wakeups,
     }
@@ -348,34 +379,45 @@ fn switches(pid: u32) -> Option<u64> {
     )
 }
 
-/// The program's own start-to-ready times: the `took` field of
-/// fdstore-exec's `generation N is ready` log entries (journal fields
-/// `MESSAGE` and `F_TOOK`, since fdstore-exec logs with the journal's native
-/// protocol).
-fn ready_times(sd: &Systemd) -> Vec<Duration> {
+/// Durations fdstore-exec logged, from its journal entries (journal fields
+/// `MESSAGE` and `F_TOOK`, since it logs with the journal's native
+/// protocol): the program's own start-to-ready times (`generation N is
+/// ready`) and fdstore-exec's hand-over times, from the reload request to
+/// the new generation serving as the main process (`... is serving`).
+#[derive(Default)]
+struct LoggedTimes {
+    ready: Vec<Duration>,
+    handover: Vec<Duration>,
+}
+
+fn logged_times(sd: &Systemd) -> LoggedTimes {
+    let mut times = LoggedTimes::default();
     let Ok(out) = Command::new("journalctl")
         .arg("-D")
         .arg(sd.dir().join("journal"))
         .args(["--no-pager", "-o", "verbose"])
         .output()
     else {
-        return Vec::new();
+        return times;
     };
     // Entries start at an unindented line; their fields follow indented.
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut times = Vec::new();
-    let (mut is_ready, mut took) = (false, None);
+    let (mut message, mut took) = (String::new(), None);
     for line in text.lines().chain(std::iter::once("end")) {
         if !line.starts_with(char::is_whitespace) {
-            if let (true, Some(t)) = (is_ready, took.take()) {
-                times.push(t);
+            if let Some(t) = took.take() {
+                if message.starts_with("generation ") && message.ends_with(" is ready") {
+                    times.ready.push(t);
+                } else if message.contains(" is serving; ") {
+                    times.handover.push(t);
+                }
             }
-            (is_ready, took) = (false, None);
+            message.clear();
             continue;
         }
         let field = line.trim();
-        if let Some(message) = field.strip_prefix("MESSAGE=") {
-            is_ready = message.starts_with("generation ") && message.ends_with(" is ready");
+        if let Some(m) = field.strip_prefix("MESSAGE=") {
+            message = m.to_owned();
         } else if let Some(value) = field.strip_prefix("F_TOOK=") {
             took = parse_debug_duration(value);
         }
@@ -401,7 +443,7 @@ fn parse_debug_duration(text: &str) -> Option<Duration> {
 /// Hand-over of 1,000 listeners (abstract Unix sockets from a listener
 /// file) plus the HTTP one: `systemctl reload` round trips.
 fn thousand_listeners(paths: &Paths) -> Vec<Duration> {
-    let sd = Systemd::start(Version::V252);
+    let sd = Systemd::start_logging(Version::V252, "info");
     let port = free_port();
     let config = sd.path("bench.conf");
     std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
@@ -487,28 +529,40 @@ fn print_table(outcomes: &[Outcome]) {
 }
 
 fn print_extras(outcomes: &[Outcome], many: &[Duration]) {
-    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
-    println!("|---|---|---|---|---|---|---|");
+    // What `systemctl reload` costs with a no-op ExecReload=: systemctl, the
+    // manager's job and one process start. Every reload pays it.
+    let systemd_alone = outcomes
+        .iter()
+        .find(|o| o.kind == Kind::NoopReload)
+        .and_then(|o| median(o.round_trips.clone()));
+    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | fdstore-exec hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
     for o in outcomes {
         let rt50 = median(o.round_trips.clone());
-        let rt99 = quantile_of(o.round_trips.clone(), 0.99);
-        let ready = median(o.ready_times.clone());
-        let overhead = match (rt50, ready) {
-            (Some(rt), Some(ready)) if o.kind.uses_fdstore_exec() => ms(rt.saturating_sub(ready)),
+        let ready = median(o.logged.ready.clone());
+        let handover50 = median(o.logged.handover.clone());
+        let handover99 = quantile_of(o.logged.handover.clone(), 0.99);
+        // Overhead: the round trip beyond systemd's own reload, less the
+        // time the program itself took to get ready.
+        let overhead = match (rt50, systemd_alone, ready) {
+            (Some(rt), Some(floor), Some(ready))
+                if matches!(o.kind, Kind::HandoverSocket | Kind::HandoverStore) =>
+            {
+                ms(rt.saturating_sub(floor).saturating_sub(ready))
+            }
             _ => "-".into(),
         };
         println!(
-            "| {} | {} ({}) | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} ({}) | {} / {} | {} | {} / {} | {} | {} | {} |",
             o.kind.label(),
             o.events,
             o.event_failures,
-            rt50.map_or("-".into(), ms),
-            rt99.map_or("-".into(), ms),
-            if o.kind.uses_fdstore_exec() {
-                ready.map_or("-".into(), ms)
-            } else {
-                "-".into()
-            },
+            or_dash(rt50),
+            or_dash(quantile_of(o.round_trips.clone(), 0.99)),
+            or_dash(ready),
+            or_dash(handover50),
+            or_dash(handover99),
             overhead,
             o.max_rss_kib
                 .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),

@@ -1003,12 +1003,16 @@ impl<'c> Supervisor<'c> {
             return;
         };
         let pid = h.successor.unwrap_or(0);
+        let took = h.started.elapsed();
         let text = format!(
             "generation {} (pid {pid}) is serving; the hand-over took {} ms",
             self.generation.number + 1,
-            h.started.elapsed().as_millis()
+            took.as_millis()
         );
-        info!("{text}; draining generation {}", self.generation.number);
+        info!(
+            ?took,
+            "{text}; draining generation {}", self.generation.number
+        );
         if let Requester::Client(connection) = &h.requester {
             let _ = connection.reply(&Reply::Ok(text));
         }

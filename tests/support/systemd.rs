@@ -102,9 +102,16 @@ pub struct Systemd {
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 impl Systemd {
-    /// Boots a private manager of `version`; panics (failing the test) when it
-    /// cannot.
+    /// Boots a private manager of `version`, logging at debug level (what a
+    /// failing test wants to read); panics (failing the test) when it cannot.
     pub fn start(version: Version) -> Systemd {
+        Systemd::start_logging(version, "debug")
+    }
+
+    /// Boots a private manager of `version` that logs at `level` (`info` is
+    /// what a production manager does; benchmarks use it, since debug
+    /// logging costs the manager and journald CPU at every reload).
+    pub fn start_logging(version: Version, level: &str) -> Systemd {
         clean_up_crashed_runs();
         let root = version.root();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
@@ -136,7 +143,7 @@ impl Systemd {
         .unwrap();
 
         let cgroup = new_cgroup(n);
-        std::fs::write(work.join("launch.sh"), launch_script(version, &work)).unwrap();
+        std::fs::write(work.join("launch.sh"), launch_script(version, &work, level)).unwrap();
         let log = std::fs::File::create(work.join("launch.log")).unwrap();
         let launcher = Command::new("/bin/sh")
             .arg("-c")
@@ -404,7 +411,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
 
 /// The shell script that runs inside the private namespaces: file systems,
 /// journald, the manager, and a clean stop on SIGTERM.
-fn launch_script(version: Version, work: &Path) -> String {
+fn launch_script(version: Version, work: &Path, log_level: &str) -> String {
     let root = version.root();
     let root = root.display();
     let w = work.display();
@@ -442,7 +449,7 @@ while [ ! -S /run/systemd/journal/socket ]; do
 done
 env -i XDG_RUNTIME_DIR=/run/systemd/fdst-runtime SYSTEMD_UNIT_PATH='{w}/units' HOME=/root \
     PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} \
-    '{root}/lib/systemd/systemd' --user --log-target=journal --log-level=debug &
+    '{root}/lib/systemd/systemd' --user --log-target=journal --log-level={log_level} &
 manager=$!
 trap 'kill -TERM $manager; wait $manager || true; kill -TERM $journald; wait $journald || true; exit 0' TERM
 set +e
