@@ -37,7 +37,9 @@ const SCRUBBED: &[&str] = &[
 /// Starts the program with `listeners` at descriptors 3, 4, ... and
 /// `LISTEN_FDS`/`LISTEN_FDNAMES` naming them, `NOTIFY_SOCKET` pointing at
 /// `notify_socket`. It goes through the trampoline, which sets `LISTEN_PID`
-/// (and `WATCHDOG_PID`) to the program's own pid before `exec`.
+/// (and `WATCHDOG_PID`) to the program's own pid before `exec`. The program
+/// is killed (SIGKILL) if this process dies, so that it never serves
+/// unsupervised.
 pub fn spawn_program(
     spec: &ProgramSpec,
     listeners: &[NamedFd],
@@ -60,6 +62,7 @@ pub fn spawn_program(
     }
     command.env("NOTIFY_SOCKET", notify_socket);
     crate::sys::spawn::pass_fds(&mut command, listeners)?;
+    crate::sys::spawn::kill_with_parent(&mut command);
     command.spawn()
 }
 

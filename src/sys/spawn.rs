@@ -57,3 +57,29 @@ pub(crate) fn pass_fds<F: AsFd>(command: &mut Command, fds: &[F]) -> io::Result<
     }
     Ok(())
 }
+
+/// Arranges for the process `command` starts to be killed (SIGKILL) when the
+/// calling thread's process ends, however it ends (`PR_SET_PDEATHSIG`, kept
+/// across `exec`). A program whose fdstore-exec died must not serve on
+/// unsupervised: the manager restarts the unit and the listeners pass to a
+/// new program, and a generation that was starting during a hand-over would
+/// otherwise be left behind. Call it from the thread that also waits for the
+/// child (fdstore-exec has only one).
+pub(crate) fn kill_with_parent(command: &mut Command) {
+    let parent = rustix::process::getpid();
+    let hook = move || -> io::Result<()> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // The parent may have died between fork and prctl: then nobody would
+        // send the signal.
+        if rustix::process::getppid() != Some(parent) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and makes only raw system
+    // calls (prctl, getppid) on a value captured before the fork; it neither
+    // allocates nor takes locks.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
