@@ -65,6 +65,7 @@ pub(crate) fn gather(
     is_main: bool,
     notifier: &Notifier,
 ) -> Result<ListenerSet, ExecError> {
+    check_fd_store_room(specs, notifier)?;
     let received = ListenFds::from_env(UnsetEnv::Yes)
         .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))?;
     // Room for the received listeners and those still to be created.
@@ -125,6 +126,29 @@ pub(crate) fn gather(
     Ok(set)
 }
 
+/// Fails when the manager said (`$FDSTORE`, systemd 254+) that the unit's fd
+/// store cannot hold every listener created from `specs`: they would not
+/// survive a crash or restart. Older managers do not say; they drop what
+/// does not fit and log "Too many file descriptors stored".
+fn check_fd_store_room(specs: &[ListenerSpec], notifier: &Notifier) -> Result<(), ExecError> {
+    match notifier.fd_store_max() {
+        Some(max) if max < specs.len() => {
+            let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
+            Err(fail(sysexits::CONFIG, fd_store_too_small(max, &names)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The error text for a fd store smaller than the listeners that go into it.
+fn fd_store_too_small(max: usize, names: &[&str]) -> String {
+    let n = names.len();
+    format!(
+        "FileDescriptorStoreMax={max} is too small: the {n} listener(s) fdstore-exec creates ({}) are kept in the unit's fd store so that they outlive a crash or restart; set FileDescriptorStoreMax={n} or more in the unit's [Service] section (plus what the program stores itself)",
+        names.join(", ")
+    )
+}
+
 /// Puts a listener into the fd store, logging the outcome.
 pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
     match notifier.store_fds(fd.name(), &[fd.as_fd()], FdPoll::Watch) {
@@ -133,5 +157,24 @@ pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
             name = fd.name(),
             "could not put the listener into the fd store ({e}); it will not survive a restart"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fd_store_too_small;
+
+    #[test]
+    fn too_small_fd_store_names_the_setting_the_listeners_and_the_fix() {
+        let text = fd_store_too_small(1, &["web", "admin"]);
+        assert!(
+            text.starts_with("FileDescriptorStoreMax=1 is too small"),
+            "{text}"
+        );
+        assert!(text.contains("(web, admin)"), "{text}");
+        assert!(
+            text.contains("set FileDescriptorStoreMax=2 or more"),
+            "{text}"
+        );
     }
 }
