@@ -17,7 +17,9 @@
 //! | `remove NAME` | `FDSTOREREMOVE=1` for NAME |
 //! | `store-result NAME=SPEC` | bind and store, report `store ok` or `store error: …` |
 //! | `serve NAME` | answer every connection on the received listener NAME with `pid PID\n` |
+//! | `close NAME` | close the received listener NAME, report `closed NAME` |
 //! | `exit CODE` | exit at once with CODE |
+//! | `exit-once FILE CODE` | the first time (FILE absent): create FILE, exit with CODE; later: nothing |
 //! | `await FILE` | wait until FILE exists |
 //! | `sleep MS` | pause, as a program that is slow to start |
 //! | `status TEXT` / `ready` | `STATUS=TEXT` / `READY=1` |
@@ -175,6 +177,11 @@ fn main() {
                 }
                 report.line(format!("serving {name}"));
             }
+            "close" => {
+                let name = arg();
+                drop(fds.take(&name));
+                report.line(format!("closed {name}"));
+            }
             "sleep" => {
                 let ms: u64 = arg().parse().expect("milliseconds");
                 std::thread::sleep(Duration::from_millis(ms));
@@ -183,6 +190,14 @@ fn main() {
                 let code: i32 = arg().parse().expect("exit status");
                 report.line(format!("exiting {code}"));
                 std::process::exit(code);
+            }
+            "exit-once" => {
+                let (flag, code) = (arg(), arg());
+                if !std::path::Path::new(&flag).exists() {
+                    std::fs::write(&flag, "").expect("writing the flag file");
+                    report.line(format!("exiting {code}"));
+                    std::process::exit(code.parse().expect("exit status"));
+                }
             }
             "await" => {
                 let path = arg();

@@ -9,6 +9,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 
+pub mod app;
 pub mod load;
 pub mod ports;
 pub mod systemd;
