@@ -83,3 +83,195 @@ pub(crate) fn kill_with_parent(command: &mut Command) {
         command.pre_exec(hook);
     }
 }
+
+/// A program to start as a *detached* process: not our child but our
+/// parent's (the service manager's, for a unit's main process), so that the
+/// manager supervises it as its own child once it becomes the main process.
+///
+/// Everything the new process needs is prepared here, before any fork, so
+/// that the forked side only makes system calls: a process that may have
+/// other threads must not allocate or take locks between `fork` and `exec`.
+pub(crate) struct DetachedCommand {
+    program: std::ffi::CString,
+    args: Vec<std::ffi::CString>,
+    env: Vec<std::ffi::CString>,
+    /// `LISTEN_PID=` followed by room for the digits, which the new process
+    /// fills in with its own pid before `exec`.
+    listen_pid: Vec<u8>,
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+impl DetachedCommand {
+    /// `program` with `args` (the first is `argv[0]`) and exactly the
+    /// environment `env` (`NAME=VALUE`), plus `LISTEN_PID` set to the new
+    /// process's pid when `listen_pid` is true.
+    pub(crate) fn new(
+        program: &std::path::Path,
+        args: &[std::ffi::OsString],
+        env: &[std::ffi::OsString],
+        listen_pid: bool,
+    ) -> io::Result<DetachedCommand> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |s: &std::ffi::OsStr| {
+            std::ffi::CString::new(s.as_bytes()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{s:?} contains a NUL byte"),
+                )
+            })
+        };
+        let mut listen_pid_entry = Vec::new();
+        if listen_pid {
+            listen_pid_entry.extend_from_slice(LISTEN_PID_PREFIX);
+            // Room for any pid (at most 10 digits) and the NUL.
+            listen_pid_entry.resize(LISTEN_PID_PREFIX.len() + 11, 0);
+        }
+        Ok(DetachedCommand {
+            program: c(program.as_os_str())?,
+            args: args.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+            env: env.iter().map(|e| c(e)).collect::<Result<_, _>>()?,
+            listen_pid: listen_pid_entry,
+        })
+    }
+
+    /// Starts the program with `fds` at 3, 4, ... through a short-lived
+    /// intermediate process, which exits as soon as the program has been
+    /// forked and is reaped here, so that the program is re-parented to our
+    /// parent (the child subreaper). Returns the program's pid. An `exec`
+    /// failure is reported as the error.
+    pub(crate) fn spawn<F: AsFd>(mut self, fds: &[F]) -> io::Result<u32> {
+        // The intermediate tells us the program's pid through this pipe.
+        let (pid_read, pid_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let pid_write_raw = pid_write.as_raw_fd();
+        // A vehicle for the first fork: std's Command forks safely and
+        // reports a failure of ours (or of exec) through its own pipe.
+        let mut vehicle = Command::new("/proc/self/exe");
+        vehicle.stdin(std::process::Stdio::inherit());
+        pass_fds(&mut vehicle, fds)?;
+        let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
+        if !self.listen_pid.is_empty() {
+            envp.push(self.listen_pid.as_ptr().cast());
+        }
+        envp.push(std::ptr::null());
+        let (argv, envp) = (Pointers(argv), Pointers(envp));
+        let hook = move || -> io::Result<()> {
+            // SAFETY: a raw clone with only SIGCHLD is fork() without the C
+            // library's atfork handlers, which could deadlock on locks that
+            // other threads of the parent held at the first fork. Both sides
+            // then only make system calls.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    libc::SIGCHLD as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            };
+            if pid < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if pid > 0 {
+                // The intermediate: tell the parent the program's pid, done.
+                let bytes = (pid as u32).to_ne_bytes();
+                // SAFETY: write from a buffer on our stack to a descriptor
+                // that is open (the pipe's write end, inherited); _exit ends
+                // the process without running anything of the parent's (no
+                // atexit handlers, no buffers flushed).
+                unsafe {
+                    libc::write(pid_write_raw, bytes.as_ptr().cast(), bytes.len());
+                    libc::_exit(0)
+                };
+            }
+            if !self.listen_pid.is_empty() {
+                // SAFETY: getpid cannot fail.
+                let own = unsafe { libc::getpid() } as u32;
+                write_decimal(&mut self.listen_pid[LISTEN_PID_PREFIX.len()..], own);
+            }
+            // SAFETY: every pointer is into a NUL-terminated string owned by
+            // this closure, and both arrays end with a null pointer.
+            unsafe { libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            Err(io::Error::last_os_error())
+        };
+        // SAFETY: the hook runs between fork and exec and makes only system
+        // calls on data prepared before the fork; it neither allocates nor
+        // takes locks (write_decimal writes into a buffer it is given).
+        unsafe {
+            vehicle.pre_exec(hook);
+        }
+        let mut intermediate = vehicle.spawn()?;
+        drop(vehicle);
+        drop(pid_write);
+        let status = intermediate.wait()?;
+        let mut bytes = [0u8; 4];
+        let n = rustix::io::read(&pid_read, &mut bytes)?;
+        if !status.success() || n != bytes.len() {
+            return Err(io::Error::other(format!(
+                "the intermediate process failed ({status})"
+            )));
+        }
+        Ok(u32::from_ne_bytes(bytes))
+    }
+}
+
+/// `argv`/`envp` arrays for `execve`: pointers into strings that the same
+/// closure owns.
+struct Pointers(Vec<*const libc::c_char>);
+
+impl Pointers {
+    /// The array (a method, so that closures capture the whole wrapper).
+    fn as_ptr(&self) -> *const *const libc::c_char {
+        self.0.as_ptr()
+    }
+}
+
+// SAFETY: the pointers refer to heap buffers (CStrings, the LISTEN_PID entry)
+// moved into the same closure, which outlive them and are only read, in the
+// forked child; std requires pre_exec closures to be Send + Sync although it
+// never runs them on another thread.
+unsafe impl Send for Pointers {}
+// SAFETY: as for Send: nothing writes through these pointers.
+unsafe impl Sync for Pointers {}
+
+/// Writes `n` in decimal followed by a NUL into `out` (which has room for
+/// 10 digits and the NUL), without allocating.
+fn write_decimal(out: &mut [u8], mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = digits[len - 1 - i];
+    }
+    out[len] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_decimal;
+
+    #[test]
+    fn decimal_digits_without_allocation() {
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (4194304, "4194304"),
+            (u32::MAX, "4294967295"),
+        ] {
+            let mut buf = [0xffu8; 11];
+            write_decimal(&mut buf, n);
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(&buf[..end], text.as_bytes());
+        }
+    }
+}
