@@ -10,6 +10,11 @@
 //!   the main process, and put descriptors into the unit's fd store.
 //! - [`ListenerSpec`]: describe a listener as `NAME=KIND:ADDRESS[,OPTION]...` and
 //!   create it.
+//! - [`Upgrader`]: in-process graceful upgrades, the hand-over fdstore-exec
+//!   does for wrapped programs done by the service itself (listeners by
+//!   name, readiness, `fdstore-exec reload` / SIGHUP / a call to upgrade,
+//!   and a [`Drain`] handle). With the `tokio` feature it also returns tokio
+//!   sockets.
 //! - [`exec`]: the supervisor behind the `fdstore-exec` command.
 //!
 //! ```no_run
@@ -45,6 +50,7 @@ mod notify;
 mod signal;
 mod spec;
 mod sys;
+mod upgrade;
 
 pub use bind::{BindError, DEFAULT_BACKLOG};
 pub use duration::parse_duration;
@@ -56,3 +62,7 @@ pub use notify::{
 };
 pub use signal::parse_signal;
 pub use spec::{Endpoint, ListenerSpec, Options, SpecError, Transport};
+pub use upgrade::{
+    Drain, DrainNotice, DrainReason, Notified, UpgradeError, UpgradeErrorKind, UpgradeOptions,
+    Upgraded, Upgrader,
+};

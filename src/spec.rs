@@ -159,7 +159,7 @@ impl std::error::Error for SpecError {}
 const GENERIC_EXAMPLE: &str = "web=tcp:127.0.0.1:8080";
 
 impl ListenerSpec {
-    /// Parses a spec; see the [module documentation](self) for the grammar.
+    /// Parses a spec; see [`ListenerSpec`] for the grammar.
     pub fn parse(input: &str) -> Result<ListenerSpec, SpecError> {
         Parser { input }.parse()
     }

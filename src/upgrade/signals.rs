@@ -1,0 +1,70 @@
+//! SIGHUP (reload, as `Type=notify-reload` sends it), SIGTERM and SIGINT
+//! (stop) turned into bytes on a pipe that the upgrade thread polls.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use rustix::pipe::{pipe_with, PipeFlags};
+
+/// The pipe's write end, for the handler (-1: none).
+static WRITE_END: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let fd = WRITE_END.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write is async-signal-safe; the buffer is one byte on our
+        // stack; a full pipe (EAGAIN) just drops a repeated signal. errno is
+        // saved and restored so the interrupted code does not see ours.
+        unsafe {
+            let saved = *libc::__errno_location();
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+            *libc::__errno_location() = saved;
+        }
+    }
+}
+
+/// The read end of the signal pipe. Installs the handlers once per process.
+pub(crate) fn install() -> io::Result<OwnedFd> {
+    if WRITE_END.load(Ordering::SeqCst) >= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the signal handlers are already installed: create one Upgrader per process",
+        ));
+    }
+    let (read_end, write_end) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    // The write end lives as long as the process: the handler may run at any
+    // time.
+    WRITE_END.store(write_end.as_raw_fd(), Ordering::SeqCst);
+    std::mem::forget(write_end);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only makes async-signal-safe calls (an atomic
+        // load, write, errno) and touches no other state.
+        unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(read_end)
+}
+
+/// The signals that arrived, in order.
+pub(crate) fn read(read_end: &OwnedFd) -> Vec<Signal> {
+    let mut buf = [0u8; 64];
+    let mut signals = Vec::new();
+    while let Ok(n) = rustix::io::read(read_end, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        signals.extend(
+            buf[..n]
+                .iter()
+                .filter_map(|&b| Signal::try_from(i32::from(b)).ok()),
+        );
+    }
+    signals
+}

@@ -1,0 +1,561 @@
+//! The upgrade thread: answers the control socket, reacts to signals and to
+//! [`Upgrader::upgrade`](super::Upgrader::upgrade) calls, runs an upgrade
+//! from start to outcome, and ends the process at the drain deadline.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rustix::event::{poll, PollFd, PollFlags};
+use tracing::{info, warn};
+
+use super::drain::DrainReason;
+use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
+use crate::exec::control::{cgroup_of, ControlConnection, ControlServer, Refusal, Reply, Request};
+use crate::exec::handover::{parent_of, Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::notify::Notification;
+use crate::sys::spawn::DetachedCommand;
+
+/// Time on top of the ready timeout for the hand-over's own messages.
+const MARGIN: Duration = Duration::from_secs(5);
+/// How long a control client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for the manager to confirm MAINPID=.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Requester {
+    Client(ControlConnection),
+    Signal,
+    Call(Sender<Result<Upgraded, UpgradeError>>),
+}
+
+struct Upgrade {
+    channel: Channel,
+    requester: Requester,
+    pid: u32,
+    started: Instant,
+    deadline: Instant,
+    main_sent: bool,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    signals: OwnedFd,
+    wake: OwnedFd,
+    commands: Receiver<Command>,
+    control: Option<ControlServer>,
+    clients: Vec<(ControlConnection, Instant)>,
+    upgrade: Option<Upgrade>,
+    stopping: bool,
+    own_cgroup: Option<String>,
+}
+
+/// Binds the control socket and starts the thread.
+pub(super) fn start(
+    shared: Arc<Shared>,
+    signals: OwnedFd,
+    wake: OwnedFd,
+    commands: Receiver<Command>,
+) -> io::Result<()> {
+    let control = ControlServer::bind()?;
+    let worker = Worker {
+        shared,
+        signals,
+        wake,
+        commands,
+        control: Some(control),
+        clients: Vec::new(),
+        upgrade: None,
+        stopping: false,
+        own_cgroup: cgroup_of(std::process::id()),
+    };
+    std::thread::Builder::new()
+        .name("fdstore-upgrade".into())
+        .spawn(move || worker.run())?;
+    Ok(())
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            self.wait();
+            for signal in signals::read(&self.signals) {
+                match signal {
+                    Signal::SIGHUP => {
+                        info!("reload requested by SIGHUP");
+                        self.start_upgrade(Requester::Signal);
+                    }
+                    _ => self.stop(signal),
+                }
+            }
+            let mut buf = [0u8; 64];
+            while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
+            while let Ok(Command::Upgrade(reply)) = self.commands.try_recv() {
+                self.start_upgrade(Requester::Call(reply));
+            }
+            self.accept_clients();
+            self.read_requests();
+            self.on_successor();
+            self.check_deadlines();
+        }
+    }
+
+    /// Sleeps until something happens or the next deadline.
+    fn wait(&self) {
+        let now = Instant::now();
+        let mut deadlines: Vec<Instant> = self.clients.iter().map(|(_, d)| *d).collect();
+        deadlines.extend(self.upgrade.as_ref().map(|u| u.deadline));
+        deadlines.extend(self.shared.drain.notice().map(|n| n.deadline));
+        let timeout = deadlines.into_iter().min().map(|d| {
+            let left = d.saturating_duration_since(now) + Duration::from_millis(1);
+            rustix::time::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        let mut watched: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd(), self.wake.as_fd()];
+        watched.extend(self.control.as_ref().map(|c| c.as_fd()));
+        watched.extend(self.clients.iter().map(|(c, _)| c.as_fd()));
+        watched.extend(self.upgrade.as_ref().map(|u| u.channel.as_fd()));
+        let mut fds: Vec<PollFd<'_>> = watched
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let _ = poll(&mut fds, timeout.as_ref());
+    }
+
+    fn accept_clients(&mut self) {
+        let Some(control) = &self.control else { return };
+        while let Ok(Some(connection)) = control.accept() {
+            self.clients
+                .push((connection, Instant::now() + CLIENT_TIMEOUT));
+        }
+    }
+
+    fn read_requests(&mut self) {
+        let mut i = 0;
+        while i < self.clients.len() {
+            match self.clients[i].0.read_request() {
+                Ok(None) => i += 1,
+                Err(_) => {
+                    self.clients.swap_remove(i);
+                }
+                Ok(Some(request)) => {
+                    let (connection, _) = self.clients.swap_remove(i);
+                    self.on_request(connection, request);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, connection: ControlConnection, request: Result<Request, String>) {
+        match request {
+            Ok(Request::Status) => {
+                let _ = connection.reply(&Reply::Ok(self.status_text()));
+            }
+            Ok(Request::Reload) if connection.may_reload(self.own_cgroup.as_deref()) => {
+                info!(
+                    client_pid = connection.peer_pid,
+                    client_uid = connection.peer_uid,
+                    "reload requested"
+                );
+                self.start_upgrade(Requester::Client(connection));
+            }
+            Ok(Request::Reload) => {
+                warn!(
+                    client_pid = connection.peer_pid,
+                    "refused a reload request from outside the unit"
+                );
+                let _ = connection.reply(&Reply::Err(
+                    Refusal::Denied,
+                    format!(
+                        "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
+                        connection.peer_pid, connection.peer_uid
+                    ),
+                ));
+            }
+            Err(text) => {
+                let _ = connection.reply(&Reply::Err(
+                    Refusal::Invalid,
+                    format!("unknown request {text:?}: send RELOAD or STATUS"),
+                ));
+            }
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let g = self.shared.generation;
+        let pid = std::process::id();
+        let what = match (&self.upgrade, self.shared.drain.notice()) {
+            (_, Some(n)) => match n.reason {
+                DrainReason::HandedOver { successor } => {
+                    format!("draining; handed over to pid {successor}")
+                }
+                DrainReason::Stopping => "draining; stopping".into(),
+            },
+            (Some(u), None) => format!(
+                "serving; reloading (generation {} starting, pid {})",
+                g + 1,
+                u.pid
+            ),
+            (None, None) => "serving".into(),
+        };
+        format!("generation {g}, pid {pid}: {what}")
+    }
+
+    fn refusal(&self) -> Option<(Refusal, String)> {
+        if self.stopping {
+            return Some((Refusal::Stopping, "the unit is stopping".into()));
+        }
+        if let Some(n) = self.shared.drain.notice() {
+            return Some((
+                Refusal::Unsupported,
+                format!(
+                    "this process has handed over ({:?}); ask the main process",
+                    n.reason
+                ),
+            ));
+        }
+        if let Some(u) = &self.upgrade {
+            return Some((
+                Refusal::Busy,
+                format!(
+                    "a reload is already in progress (generation {} starting for {} ms); wait for it to finish, then try again",
+                    self.shared.generation + 1,
+                    u.started.elapsed().as_millis()
+                ),
+            ));
+        }
+        if !self.lock().ready {
+            return Some((
+                Refusal::Busy,
+                format!(
+                    "generation {} is still starting; reload once it is ready",
+                    self.shared.generation
+                ),
+            ));
+        }
+        None
+    }
+
+    fn start_upgrade(&mut self, requester: Requester) {
+        if let Some((kind, text)) = self.refusal() {
+            warn!("reload refused: {text}");
+            return answer_refusal(&self.shared, requester, kind, text);
+        }
+        if matches!(requester, Requester::Signal) {
+            let _ = self.shared.notifier.notify(&[Notification::Reloading]);
+        }
+        let started = Instant::now();
+        match self.spawn_successor() {
+            Ok((channel, pid)) => {
+                info!(pid, "starting generation {}", self.shared.generation + 1);
+                self.upgrade = Some(Upgrade {
+                    channel,
+                    requester,
+                    pid,
+                    started,
+                    deadline: started + self.shared.options.ready_timeout + MARGIN,
+                    main_sent: false,
+                });
+                self.set_status();
+            }
+            Err(e) => {
+                let reason = format!(
+                    "could not start generation {}: {e}",
+                    self.shared.generation + 1
+                );
+                self.finish_failed(requester, started, reason);
+            }
+        }
+    }
+
+    /// The program as on disk now, same arguments, our listeners at 3, 4,
+    /// ... and the channel after them.
+    fn spawn_successor(&self) -> io::Result<(Channel, u32)> {
+        let state = self.lock();
+        let (ours, theirs) = Channel::pair()?;
+        let n = state.listeners.len();
+        let inheritance = Inheritance {
+            fd: crate::LISTEN_FDS_START + n as i32,
+            generation: self.shared.generation + 1,
+            managed: state.managed.clone(),
+        };
+        let names: Vec<&str> = state.listeners.iter().map(|l| l.name()).collect();
+        let mut env: Vec<OsString> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_str(),
+                    Some("LISTEN_PID" | "LISTEN_FDS" | "LISTEN_FDNAMES" | HANDOVER_ENV)
+                )
+            })
+            .map(|(k, v)| {
+                let mut entry = k;
+                entry.push("=");
+                entry.push(v);
+                entry
+            })
+            .collect();
+        env.push(format!("LISTEN_FDS={n}").into());
+        env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
+        env.push(format!("{HANDOVER_ENV}={}", inheritance.to_env()).into());
+        let command = DetachedCommand::new(&self.shared.program, &self.shared.args, &env, true)?;
+        let mut fds: Vec<BorrowedFd<'_>> = state.listeners.iter().map(|l| l.as_fd()).collect();
+        fds.push(theirs.as_fd());
+        let pid = command.spawn(&fds)?;
+        Ok((ours, pid))
+    }
+
+    fn on_successor(&mut self) {
+        loop {
+            let Some(u) = &self.upgrade else { return };
+            let message = match u.channel.recv() {
+                Ok(None) => return,
+                Ok(Some(message)) => message,
+                Err(e) => return self.fail(format!("the hand-over channel failed: {e}")),
+            };
+            match message {
+                Some(Message::Hello(_)) | Some(Message::Main(_)) => {}
+                Some(Message::Ready) => self.on_successor_ready(),
+                Some(Message::Failed(reason)) => return self.fail(reason),
+                Some(Message::Done) => return self.complete(),
+                None if u.main_sent => {
+                    // It became the main process and went away before
+                    // saying READY=1: the manager now handles its exit.
+                    let reason = format!(
+                        "generation {} (pid {}) exited right after becoming the main process",
+                        self.shared.generation + 1,
+                        u.pid
+                    );
+                    let u = self.upgrade.take().expect("checked above");
+                    warn!("{reason}");
+                    answer_failure(&self.shared, u.requester, reason);
+                    self.begin_drain(u.pid);
+                    return;
+                }
+                None => {
+                    let pid = u.pid;
+                    return self.fail(format!(
+                        "generation {} (pid {pid}) exited before it was ready",
+                        self.shared.generation + 1
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_successor_ready(&mut self) {
+        let Some(u) = &self.upgrade else { return };
+        let pid = u.pid;
+        // The manager supervises a main process as its own child only if it
+        // is one when MAINPID= arrives.
+        let manager = std::os::unix::process::parent_id();
+        match parent_of(pid) {
+            Some(parent) if parent == manager => {}
+            Some(parent) => {
+                return self.fail(format!(
+                    "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
+                ));
+            }
+            None => {
+                return self.fail(format!(
+                    "the new generation (pid {pid}) exited right after reporting readiness"
+                ));
+            }
+        }
+        if let Err(e) = self.shared.notifier.notify(&[Notification::MainPid(pid)]) {
+            return self.fail(format!("sending MAINPID={pid}: {e}"));
+        }
+        if let Err(e) = self.shared.notifier.barrier(BARRIER_TIMEOUT) {
+            warn!("waiting for the manager to process MAINPID={pid}: {e}");
+        }
+        let Some(u) = &mut self.upgrade else { return };
+        let took = u.started.elapsed().as_millis() as u64;
+        if let Err(e) = u.channel.send(&Message::Main(took)) {
+            return self.fail(format!(
+                "telling the new generation it is the main process: {e}"
+            ));
+        }
+        u.main_sent = true;
+        info!(
+            pid,
+            "generation {} is the main process now",
+            self.shared.generation + 1
+        );
+    }
+
+    fn complete(&mut self) {
+        let Some(u) = self.upgrade.take() else { return };
+        let took = u.started.elapsed();
+        let text = format!(
+            "generation {} (pid {}) is serving; the hand-over took {} ms",
+            self.shared.generation + 1,
+            u.pid,
+            took.as_millis()
+        );
+        info!(
+            ?took,
+            "{text}; draining generation {}", self.shared.generation
+        );
+        match u.requester {
+            Requester::Client(connection) => {
+                let _ = connection.reply(&Reply::Ok(text));
+            }
+            Requester::Call(reply) => {
+                let _ = reply.send(Ok(Upgraded {
+                    pid: u.pid,
+                    generation: self.shared.generation + 1,
+                    took,
+                }));
+            }
+            // The new main process says READY=1, which ends the reload.
+            Requester::Signal => {}
+        }
+        self.begin_drain(u.pid);
+    }
+
+    fn begin_drain(&mut self, successor: u32) {
+        // Requests now go to the new main process.
+        self.control = None;
+        for (connection, _) in self.clients.drain(..) {
+            let _ = connection.reply(&Reply::Err(
+                Refusal::Unsupported,
+                format!("this process handed over to pid {successor}; ask that one"),
+            ));
+        }
+        self.shared.drain.begin(
+            DrainReason::HandedOver { successor },
+            self.shared.options.drain_timeout,
+        );
+    }
+
+    /// Ends the upgrade in progress as failed: the new generation is killed,
+    /// this one keeps serving.
+    fn fail(&mut self, reason: String) {
+        let Some(u) = self.upgrade.take() else { return };
+        kill(u.pid);
+        self.finish_failed(u.requester, u.started, reason);
+    }
+
+    fn finish_failed(&mut self, requester: Requester, started: Instant, reason: String) {
+        warn!(
+            "reload failed after {} ms: {reason}; generation {} keeps serving",
+            started.elapsed().as_millis(),
+            self.shared.generation
+        );
+        let status = format!("{}; reload failed: {reason}", self.status_text());
+        let _ = self
+            .shared
+            .notifier
+            .notify(&[Notification::Status(&status)]);
+        answer_failure(&self.shared, requester, reason);
+    }
+
+    fn stop(&mut self, signal: Signal) {
+        if self.stopping {
+            return;
+        }
+        info!(
+            "{signal} received: draining generation {}",
+            self.shared.generation
+        );
+        self.stopping = true;
+        if let Some(u) = self.upgrade.take() {
+            kill(u.pid);
+            answer_refusal(
+                &self.shared,
+                u.requester,
+                Refusal::Stopping,
+                "the unit is stopping".into(),
+            );
+        }
+        if self.shared.drain.notice().is_none() {
+            let _ = self.shared.notifier.notify(&[Notification::Stopping]);
+        }
+        self.shared
+            .drain
+            .begin(DrainReason::Stopping, self.shared.options.drain_timeout);
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        self.clients.retain(|(_, deadline)| *deadline > now);
+        if let Some(u) = &self.upgrade {
+            if now >= u.deadline {
+                let reason = format!(
+                    "generation {} (pid {}) was not ready within {:?}",
+                    self.shared.generation + 1,
+                    u.pid,
+                    self.shared.options.ready_timeout
+                );
+                self.fail(reason);
+            }
+        }
+        if let Some(notice) = self.shared.drain.notice() {
+            if now >= notice.deadline {
+                warn!(
+                    "generation {} did not finish draining within {:?}; exiting",
+                    self.shared.generation, self.shared.options.drain_timeout
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+
+    fn set_status(&self) {
+        let status = self.status_text();
+        let _ = self
+            .shared
+            .notifier
+            .notify(&[Notification::Status(&status)]);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, super::State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+fn answer_refusal(shared: &Shared, requester: Requester, kind: Refusal, text: String) {
+    match requester {
+        Requester::Client(connection) => {
+            let _ = connection.reply(&Reply::Err(kind, text));
+        }
+        Requester::Call(reply) => {
+            let kind = match kind {
+                Refusal::Stopping | Refusal::Unsupported => UpgradeErrorKind::Stopping,
+                Refusal::Failed => UpgradeErrorKind::Failed,
+                _ => UpgradeErrorKind::Busy,
+            };
+            let _ = reply.send(Err(UpgradeError::new(kind, text)));
+        }
+        Requester::Signal => {
+            // Type=notify-reload waits for RELOADING=1 and READY=1.
+            let _ = shared.notifier.notify(&[Notification::Reloading]);
+            let _ = shared.notifier.notify(&[Notification::Ready]);
+        }
+    }
+}
+
+fn answer_failure(shared: &Shared, requester: Requester, reason: String) {
+    match requester {
+        Requester::Client(connection) => {
+            let _ = connection.reply(&Reply::Err(Refusal::Failed, reason));
+        }
+        Requester::Call(reply) => {
+            let _ = reply.send(Err(UpgradeError::new(UpgradeErrorKind::Failed, reason)));
+        }
+        Requester::Signal => {
+            let _ = shared.notifier.notify(&[Notification::Ready]);
+        }
+    }
+}
