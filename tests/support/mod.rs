@@ -42,6 +42,9 @@ macro_rules! on_each_systemd {
     };
 }
 
+/// Examples that need a cargo feature (their `required-features`).
+const EXAMPLE_FEATURES: &[(&str, &str)] = &[("upgrade_tokio", "tokio")];
+
 /// The path of an example program, built (or found up to date) once per test
 /// process so that a test never runs a stale copy.
 pub fn example(name: &str) -> PathBuf {
@@ -61,6 +64,9 @@ pub fn example(name: &str) -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if exe.parent().unwrap().ends_with("release") {
             command.arg("--release");
+        }
+        if let Some((_, feature)) = EXAMPLE_FEATURES.iter().find(|(e, _)| *e == name) {
+            command.args(["--features", feature]);
         }
         let status = command.status().expect("running cargo build --example");
         assert!(status.success(), "cargo build --example {name} failed");

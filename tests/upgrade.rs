@@ -1,0 +1,229 @@
+//! The fdstore library's in-process upgrades (`fdstore::Upgrader`) under
+//! real systemd: both example servers (std and tokio) hand over under HTTP
+//! load with no failed request, stay the manager's own children, roll back a
+//! broken version, upgrade on the program's own call, and end a generation
+//! that does not drain by its deadline.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use fdstore::exec::handover::parent_of;
+use support::app::{fdstore_exec, main_pid, wait_gone};
+use support::load::{Load, Mode};
+use support::{example, free_port, wait_for, Systemd};
+
+/// One `GET path` on a new connection: the response body, or what failed.
+fn get(port: u16, path: &str) -> Result<String, String> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
+        _ => Err(format!("bad response {text:?}")),
+    }
+}
+
+/// Which example, and how its listener arrives.
+#[derive(Clone, Copy)]
+enum Example {
+    /// upgrade_std, listener created by the program and kept in the fd store.
+    Std,
+    /// upgrade_tokio, listener from a socket unit.
+    Tokio,
+}
+
+/// Installs and starts app.service running the example; returns the port.
+fn start(sd: &Systemd, which: Example, drain_timeout: &str) -> u16 {
+    let port = free_port();
+    let config = sd.path("app.conf");
+    std::fs::write(&config, "hello\n").unwrap();
+    let (name, socket) = match which {
+        Example::Std => ("upgrade_std", None),
+        Example::Tokio => (
+            "upgrade_tokio",
+            Some(format!(
+                "[Socket]\nListenStream=127.0.0.1:{port}\nFileDescriptorName=http\nBacklog=1024\n"
+            )),
+        ),
+    };
+    let requires = if socket.is_some() {
+        "[Unit]\nRequires=app.socket\nAfter=app.socket\n"
+    } else {
+        ""
+    };
+    let service = format!(
+        "{requires}[Service]\nType=notify\nFileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStartSec=30\n\
+         ExecStart={} --listen http=tcp:127.0.0.1:{port} --config {} --drain-timeout {drain_timeout}\n\
+         ExecReload={} reload\n",
+        example(name).display(),
+        config.display(),
+        fdstore_exec(),
+    );
+    let mut units = vec![("app.service".to_owned(), service)];
+    if let Some(socket) = socket {
+        units.push(("app.socket".to_owned(), socket));
+    }
+    let units: Vec<(&str, &str)> = units
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    sd.install(&units);
+    sd.ok(&["start", "app.service"]);
+    port
+}
+
+fn hands_over_under_traffic(sd: &Systemd, which: Example) {
+    let port = start(sd, which, "10s");
+    let first = main_pid(sd);
+    assert!(get(port, "/").unwrap().contains("generation 1)"));
+    let loads = [
+        Load::start(port, Mode::NewConnection, 2),
+        Load::start(port, Mode::KeepAlive, 2),
+    ];
+    let mut mains = vec![first];
+    for round in 2..=4u64 {
+        std::thread::sleep(Duration::from_millis(300));
+        sd.ok(&["reload", "app.service"]);
+        let main = main_pid(sd);
+        assert!(
+            !mains.contains(&main),
+            "round {round}: MainPID did not change"
+        );
+        assert_eq!(
+            parent_of(main).map(|p| p as i32),
+            Some(sd.manager_pid()),
+            "round {round}: the new main process must be the manager's own child"
+        );
+        // The old generation drains and exits by itself.
+        wait_gone(&mains.last().unwrap().to_string());
+        mains.push(main);
+        let body = get(port, "/").unwrap();
+        assert!(
+            body.contains(&format!("(pid {main}, generation {round})")),
+            "round {round}: {body}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for load in loads {
+        let report = load.stop();
+        assert_eq!(
+            report.failed(),
+            0,
+            "{:?} {:?}",
+            report.failures,
+            report.examples
+        );
+        assert!(report.ok > 100, "too little traffic to mean anything");
+    }
+    let journal = sd.journal();
+    assert!(!journal.contains("not our child"), "{journal}");
+    assert!(journal.contains("the hand-over took"), "{journal}");
+    // One process left: the last generation.
+    assert_eq!(sd.unit_processes("app.service"), vec![mains[3]]);
+    sd.ok(&["stop", "app.service"]);
+    assert_eq!(sd.show("app.service", "Result"), "success");
+}
+
+fn std_example_hands_over_under_traffic(sd: &Systemd) {
+    hands_over_under_traffic(sd, Example::Std);
+}
+
+fn tokio_example_hands_over_under_traffic(sd: &Systemd) {
+    hands_over_under_traffic(sd, Example::Tokio);
+}
+
+fn a_broken_new_version_rolls_back(sd: &Systemd) {
+    let port = start(sd, Example::Std, "10s");
+    let first = main_pid(sd);
+    let load = Load::start(port, Mode::NewConnection, 2);
+    std::fs::write(sd.path("app.conf"), "broken\n").unwrap();
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(!out.status.success(), "the reload must fail");
+    sd.wait_for_journal("exited before it was ready; generation 1 keeps serving");
+    assert_eq!(main_pid(sd), first);
+    assert!(sd
+        .show("app.service", "StatusText")
+        .contains("reload failed: generation 2 (pid "));
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+    // Fixed: the next reload succeeds, also when the program asks for it.
+    std::fs::write(sd.path("app.conf"), "fixed\n").unwrap();
+    let answer = get(port, "/upgrade").unwrap();
+    assert!(
+        answer.starts_with("upgraded: generation 2 (pid "),
+        "{answer}"
+    );
+    let main = main_pid(sd);
+    assert_ne!(main, first);
+    assert_eq!(parent_of(main).map(|p| p as i32), Some(sd.manager_pid()));
+    wait_gone(&first.to_string());
+    assert!(get(port, "/").unwrap().starts_with("fixed (pid "));
+    let report = load.stop();
+    assert_eq!(
+        report.failed(),
+        0,
+        "{:?} {:?}",
+        report.failures,
+        report.examples
+    );
+}
+
+fn a_second_upgrade_during_one_is_refused(sd: &Systemd) {
+    let port = start(sd, Example::Std, "10s");
+    let main = main_pid(sd);
+    // The new version takes two seconds to be ready.
+    std::fs::write(sd.path("app.conf"), "slow-start\n").unwrap();
+    let first = std::thread::spawn(move || get(port, "/upgrade"));
+    wait_for(
+        "the new generation to start",
+        Duration::from_secs(20),
+        || (sd.unit_processes("app.service").len() == 2).then_some(()),
+    );
+    let second = std::process::Command::new(fdstore_exec())
+        .args(["reload", "--pid", &main.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("a reload is already in progress"),
+        "{stderr}"
+    );
+    let first = first.join().unwrap().unwrap();
+    assert!(first.starts_with("upgraded: generation 2"), "{first}");
+}
+
+fn the_drain_deadline_ends_the_old_generation(sd: &Systemd) {
+    let port = start(sd, Example::Std, "1s");
+    let old = main_pid(sd);
+    // A request the old generation cannot finish within its deadline.
+    let slow = std::thread::spawn(move || get(port, "/slow"));
+    std::thread::sleep(Duration::from_millis(300));
+    sd.ok(&["reload", "app.service"]);
+    let new = main_pid(sd);
+    assert_ne!(new, old);
+    wait_gone(&old.to_string());
+    sd.wait_for_journal("generation 1 did not finish draining within 1s; exiting");
+    assert!(slow.join().unwrap().is_err(), "the slow request was cut");
+    assert!(get(port, "/").unwrap().contains("generation 2)"));
+}
+
+on_each_systemd!(
+    std_example_hands_over_under_traffic,
+    tokio_example_hands_over_under_traffic,
+    a_broken_new_version_rolls_back,
+    a_second_upgrade_during_one_is_refused,
+    the_drain_deadline_ends_the_old_generation,
+);
