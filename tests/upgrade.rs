@@ -12,7 +12,7 @@ use std::time::Duration;
 use fdstore::exec::handover::parent_of;
 use support::app::{fdstore_exec, main_pid, wait_gone};
 use support::load::{Load, Mode};
-use support::{example, free_port, wait_for, Systemd};
+use support::{example, free_port, wait_for, Systemd, Version};
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
@@ -220,7 +220,49 @@ fn the_drain_deadline_ends_the_old_generation(sd: &Systemd) {
     assert!(get(port, "/").unwrap().contains("generation 2)"));
 }
 
+fn reload_by_signal(sd: &Systemd) {
+    // 253+: Type=notify-reload sends SIGHUP and waits for RELOADING=1, then
+    // READY=1 (from the new main process). On 252 the same SIGHUP is sent by
+    // hand.
+    let port = start(sd, Example::Std, "10s");
+    let first = main_pid(sd);
+    let load = Load::start(port, Mode::NewConnection, 2);
+    if sd.version == Version::V254 {
+        let text = std::fs::read_to_string(sd.dir().join("units/app.service")).unwrap();
+        let text = text
+            .replace("Type=notify\n", "Type=notify-reload\n")
+            .lines()
+            .filter(|l| !l.starts_with("ExecReload="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        sd.install(&[("app.service", &text)]);
+        assert_eq!(sd.show("app.service", "Type"), "notify-reload");
+        sd.ok(&["reload", "app.service"]);
+    } else {
+        sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
+        wait_for("a new main process", Duration::from_secs(20), || {
+            (main_pid(sd) != first).then_some(())
+        });
+    }
+    let main = main_pid(sd);
+    assert_ne!(main, first);
+    assert_eq!(parent_of(main).map(|p| p as i32), Some(sd.manager_pid()));
+    sd.wait_for_property("app.service", "ActiveState", "active");
+    wait_gone(&first.to_string());
+    assert!(get(port, "/").unwrap().contains("generation 2)"));
+    let report = load.stop();
+    assert_eq!(
+        report.failed(),
+        0,
+        "{:?} {:?}",
+        report.failures,
+        report.examples
+    );
+    assert!(!sd.journal().contains("not our child"));
+}
+
 on_each_systemd!(
+    reload_by_signal,
     std_example_hands_over_under_traffic,
     tokio_example_hands_over_under_traffic,
     a_broken_new_version_rolls_back,
