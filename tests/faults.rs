@@ -162,8 +162,10 @@ fn new_generation_sigkilled_during_a_hand_over(sd: &Systemd) {
     assert!(sd
         .show("app.service", "StatusText")
         .contains("reload failed"));
+    // The new program was already accepting (it serves before it is ready,
+    // as many programs do): what it had accepted dies with it.
     let count = traffic.stop();
-    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_only_in_flight_lost(&count, 2);
 }
 
 /// Open descriptors of a process.
