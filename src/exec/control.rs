@@ -144,6 +144,43 @@ impl Reply {
     }
 }
 
+/// The protocol's standard refusals, worded once for fdstore-exec and the
+/// library's upgrader.
+impl Reply {
+    /// A packet that is not `RELOAD` or `STATUS`.
+    pub fn not_a_request(text: &str) -> Reply {
+        Reply::Err(
+            Refusal::Invalid,
+            format!(
+                "{:?} is not a request; send RELOAD or STATUS",
+                text.trim_end()
+            ),
+        )
+    }
+
+    /// To a client of a process that has handed over to `successor`.
+    pub fn handed_over(successor: u32) -> Reply {
+        Reply::Err(
+            Refusal::Unsupported,
+            format!("this process handed over to pid {successor}; ask that one"),
+        )
+    }
+}
+
+/// Why a reload cannot start while generation `next` has been starting for
+/// `running_for`.
+pub fn busy_text(next: u64, running_for: Duration) -> String {
+    format!(
+        "a reload is already in progress (generation {next} starting for {} ms); wait for it to finish, then try again",
+        running_for.as_millis()
+    )
+}
+
+/// Why a reload cannot start while `generation` is not yet ready.
+pub fn still_starting_text(generation: u64) -> String {
+    format!("generation {generation} is still starting; reload once it is ready")
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_text())
@@ -233,6 +270,23 @@ impl ControlConnection {
             SendFlags::NOSIGNAL,
         )?;
         Ok(())
+    }
+
+    /// Refuses a reload request from a client that may not ask for one
+    /// (see [`may_reload`](ControlConnection::may_reload)), logging it.
+    pub fn deny_reload(&self) {
+        tracing::warn!(
+            client_pid = self.peer_pid,
+            client_uid = self.peer_uid,
+            "refused a reload request from outside the unit"
+        );
+        let _ = self.reply(&Reply::Err(
+            Refusal::Denied,
+            format!(
+                "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
+                self.peer_pid, self.peer_uid
+            ),
+        ));
     }
 
     /// Whether the client may ask for a reload: root, or a process in

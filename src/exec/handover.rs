@@ -256,6 +256,45 @@ pub fn run_intermediate(args: &[OsString]) -> i32 {
     }
 }
 
+/// Makes the ready new generation `pid` the unit's main process: checks
+/// that its parent is the service manager (our own parent), sends
+/// `MAINPID=` and waits (up to `barrier_timeout`, a warning if longer) for
+/// the manager to process it. The error says why it cannot be.
+///
+/// The manager supervises a main process as its own child only if it is one
+/// when `MAINPID=` arrives; the intermediate was reaped, so the new process
+/// must have been re-parented to the manager by now. Plain `MAINPID=`: the
+/// new process is alive and waiting for our answer, so its pid cannot have
+/// been reused (`MAINPIDFD=1` would make 252 and 254 log a warning about an
+/// unexpected descriptor at every reload).
+pub fn make_main_process(
+    notifier: &crate::Notifier,
+    pid: u32,
+    barrier_timeout: std::time::Duration,
+) -> Result<(), String> {
+    let manager = std::os::unix::process::parent_id();
+    match parent_of(pid) {
+        Some(parent) if parent == manager => {}
+        Some(parent) => {
+            return Err(format!(
+                "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "the new generation (pid {pid}) exited right after reporting readiness"
+            ));
+        }
+    }
+    notifier
+        .notify(&[crate::Notification::MainPid(pid)])
+        .map_err(|e| format!("sending MAINPID={pid}: {e}"))?;
+    if let Err(e) = notifier.barrier(barrier_timeout) {
+        tracing::warn!("waiting for the manager to process MAINPID={pid}: {e}");
+    }
+    Ok(())
+}
+
 /// The parent pid of `pid`, from `/proc/PID/stat`.
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

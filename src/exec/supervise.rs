@@ -27,8 +27,13 @@ use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
 use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
-use super::control::{cgroup_of, ControlConnection, ControlServer, Refusal, Reply, Request};
-use super::handover::{parent_of, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV};
+use super::control::{
+    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
+    Request,
+};
+use super::handover::{
+    make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
+};
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::program::spawn_program;
 use super::relay::{NotifyRelay, RelayMessage};
@@ -775,13 +780,7 @@ impl<'c> Supervisor<'c> {
         let connection = self.clients.swap_remove(index);
         match request {
             Err(text) => {
-                let _ = connection.reply(&Reply::Err(
-                    Refusal::Invalid,
-                    format!(
-                        "{:?} is not a request; send RELOAD or STATUS",
-                        text.trim_end()
-                    ),
-                ));
+                let _ = connection.reply(&Reply::not_a_request(&text));
             }
             Ok(Request::Status) => {
                 let _ = connection.reply(&Reply::Ok(self.status_text()));
@@ -795,18 +794,7 @@ impl<'c> Supervisor<'c> {
                     );
                     self.start_reload(Requester::Client(connection));
                 } else {
-                    warn!(
-                        client_pid = connection.peer_pid,
-                        client_uid = connection.peer_uid,
-                        "refused a reload request from outside the unit"
-                    );
-                    let _ = connection.reply(&Reply::Err(
-                        Refusal::Denied,
-                        format!(
-                            "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
-                            connection.peer_pid, connection.peer_uid
-                        ),
-                    ));
+                    connection.deny_reload();
                 }
             }
         }
@@ -847,22 +835,14 @@ impl<'c> Supervisor<'c> {
             return self.refuse(
                 requester,
                 Refusal::Busy,
-                format!(
-                    "a reload is already in progress (generation {} starting for {} ms); wait for it to finish, then try again",
-                    n + 1,
-                    h.started.elapsed().as_millis()
-                ),
+                busy_text(n + 1, h.started.elapsed()),
             );
         }
         if self.stopping {
             return self.refuse(requester, Refusal::Stopping, "the unit is stopping".into());
         }
         if !self.generation.ready {
-            return self.refuse(
-                requester,
-                Refusal::Busy,
-                format!("generation {n} is still starting; reload once it is ready"),
-            );
+            return self.refuse(requester, Refusal::Busy, still_starting_text(n));
         }
         if matches!(requester, Requester::Signal) {
             let _ = self.notifier.notify(&[Notification::Reloading]);
@@ -953,31 +933,8 @@ impl<'c> Supervisor<'c> {
         let Some(pid) = self.handover.as_ref().and_then(|h| h.successor) else {
             return self.fail_reload("the new generation reported readiness before its pid".into());
         };
-        // The manager supervises a main process as its own child only if it
-        // is one when MAINPID= arrives; the intermediate was reaped, so the
-        // new process must have been re-parented to the manager by now.
-        let manager = std::os::unix::process::parent_id();
-        match parent_of(pid) {
-            Some(parent) if parent == manager => {}
-            Some(parent) => {
-                return self.fail_reload(format!(
-                    "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
-                ));
-            }
-            None => {
-                return self.fail_reload(format!(
-                    "the new generation (pid {pid}) exited right after reporting readiness"
-                ));
-            }
-        }
-        // Plain MAINPID=: the new process is alive and waiting for our answer,
-        // so its pid cannot have been reused. (MAINPIDFD=1 would make 252 and
-        // 254 log a warning about an unexpected descriptor at every reload.)
-        if let Err(e) = self.notifier.notify(&[Notification::MainPid(pid)]) {
-            return self.fail_reload(format!("sending MAINPID={pid}: {e}"));
-        }
-        if let Err(e) = self.notifier.barrier(BARRIER_TIMEOUT) {
-            warn!("waiting for the manager to process MAINPID={pid}: {e}");
+        if let Err(reason) = make_main_process(&self.notifier, pid, BARRIER_TIMEOUT) {
+            return self.fail_reload(reason);
         }
         // A stop that raced the MAINPID= message shows up as a signal to us:
         // the manager then ignored MAINPID=, and the hand-over must end here.
@@ -1019,10 +976,7 @@ impl<'c> Supervisor<'c> {
         self._successor_link = Some(h.channel);
         self.control = None;
         for connection in self.clients.drain(..) {
-            let _ = connection.reply(&Reply::Err(
-                Refusal::Unsupported,
-                format!("this process handed over to pid {pid}; ask that one"),
-            ));
+            let _ = connection.reply(&Reply::handed_over(pid));
         }
         self.forward(self.config.drain_signal);
         self.role = Role::Draining {

@@ -15,8 +15,11 @@ use tracing::{info, warn};
 
 use super::drain::DrainReason;
 use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
-use crate::exec::control::{cgroup_of, ControlConnection, ControlServer, Refusal, Reply, Request};
-use crate::exec::handover::{parent_of, Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::exec::control::{
+    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
+    Request,
+};
+use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
 use crate::notify::Notification;
 use crate::sys::spawn::DetachedCommand;
 
@@ -165,24 +168,9 @@ impl Worker {
                 );
                 self.start_upgrade(Requester::Client(connection));
             }
-            Ok(Request::Reload) => {
-                warn!(
-                    client_pid = connection.peer_pid,
-                    "refused a reload request from outside the unit"
-                );
-                let _ = connection.reply(&Reply::Err(
-                    Refusal::Denied,
-                    format!(
-                        "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
-                        connection.peer_pid, connection.peer_uid
-                    ),
-                ));
-            }
+            Ok(Request::Reload) => connection.deny_reload(),
             Err(text) => {
-                let _ = connection.reply(&Reply::Err(
-                    Refusal::Invalid,
-                    format!("unknown request {text:?}: send RELOAD or STATUS"),
-                ));
+                let _ = connection.reply(&Reply::not_a_request(&text));
             }
         }
     }
@@ -223,21 +211,11 @@ impl Worker {
         if let Some(u) = &self.upgrade {
             return Some((
                 Refusal::Busy,
-                format!(
-                    "a reload is already in progress (generation {} starting for {} ms); wait for it to finish, then try again",
-                    self.shared.generation + 1,
-                    u.started.elapsed().as_millis()
-                ),
+                busy_text(self.shared.generation + 1, u.started.elapsed()),
             ));
         }
         if !self.lock().ready {
-            return Some((
-                Refusal::Busy,
-                format!(
-                    "generation {} is still starting; reload once it is ready",
-                    self.shared.generation
-                ),
-            ));
+            return Some((Refusal::Busy, still_starting_text(self.shared.generation)));
         }
         None
     }
@@ -351,27 +329,8 @@ impl Worker {
     fn on_successor_ready(&mut self) {
         let Some(u) = &self.upgrade else { return };
         let pid = u.pid;
-        // The manager supervises a main process as its own child only if it
-        // is one when MAINPID= arrives.
-        let manager = std::os::unix::process::parent_id();
-        match parent_of(pid) {
-            Some(parent) if parent == manager => {}
-            Some(parent) => {
-                return self.fail(format!(
-                    "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
-                ));
-            }
-            None => {
-                return self.fail(format!(
-                    "the new generation (pid {pid}) exited right after reporting readiness"
-                ));
-            }
-        }
-        if let Err(e) = self.shared.notifier.notify(&[Notification::MainPid(pid)]) {
-            return self.fail(format!("sending MAINPID={pid}: {e}"));
-        }
-        if let Err(e) = self.shared.notifier.barrier(BARRIER_TIMEOUT) {
-            warn!("waiting for the manager to process MAINPID={pid}: {e}");
+        if let Err(reason) = make_main_process(&self.shared.notifier, pid, BARRIER_TIMEOUT) {
+            return self.fail(reason);
         }
         let Some(u) = &mut self.upgrade else { return };
         let took = u.started.elapsed().as_millis() as u64;
@@ -422,10 +381,7 @@ impl Worker {
         // Requests now go to the new main process.
         self.control = None;
         for (connection, _) in self.clients.drain(..) {
-            let _ = connection.reply(&Reply::Err(
-                Refusal::Unsupported,
-                format!("this process handed over to pid {successor}; ask that one"),
-            ));
+            let _ = connection.reply(&Reply::handed_over(successor));
         }
         self.shared.drain.begin(
             DrainReason::HandedOver { successor },
