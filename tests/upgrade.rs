@@ -36,6 +36,30 @@ fn get(port: u16, path: &str) -> Result<String, String> {
     }
 }
 
+/// Asserts that the load saw no failed request.
+fn assert_no_failures(report: &support::load::LoadReport) {
+    assert_eq!(
+        report.failed(),
+        0,
+        "{:?} {:?}",
+        report.failures,
+        report.examples
+    );
+}
+
+/// The unit's new main process, after asserting that it replaced `old` and
+/// is the manager's own child.
+fn new_main(sd: &Systemd, old: u32) -> u32 {
+    let main = main_pid(sd);
+    assert_ne!(main, old, "MainPID did not change");
+    assert_eq!(
+        parent_of(main).map(|p| p as i32),
+        Some(sd.manager_pid()),
+        "the new main process {main} must be the manager's own child"
+    );
+    main
+}
+
 /// Which example, and how its listener arrives.
 #[derive(Clone, Copy)]
 enum Example {
@@ -97,16 +121,8 @@ fn hands_over_under_traffic(sd: &Systemd, which: Example) {
     for round in 2..=4u64 {
         std::thread::sleep(Duration::from_millis(300));
         sd.ok(&["reload", "app.service"]);
-        let main = main_pid(sd);
-        assert!(
-            !mains.contains(&main),
-            "round {round}: MainPID did not change"
-        );
-        assert_eq!(
-            parent_of(main).map(|p| p as i32),
-            Some(sd.manager_pid()),
-            "round {round}: the new main process must be the manager's own child"
-        );
+        let main = new_main(sd, *mains.last().unwrap());
+        assert!(!mains.contains(&main), "round {round}: a pid came back");
         // The old generation drains and exits by itself.
         wait_gone(&mains.last().unwrap().to_string());
         mains.push(main);
@@ -119,13 +135,7 @@ fn hands_over_under_traffic(sd: &Systemd, which: Example) {
     std::thread::sleep(Duration::from_millis(300));
     for load in loads {
         let report = load.stop();
-        assert_eq!(
-            report.failed(),
-            0,
-            "{:?} {:?}",
-            report.failures,
-            report.examples
-        );
+        assert_no_failures(&report);
         assert!(report.ok > 100, "too little traffic to mean anything");
     }
     let journal = sd.journal();
@@ -165,19 +175,10 @@ fn a_broken_new_version_rolls_back(sd: &Systemd) {
         answer.starts_with("upgraded: generation 2 (pid "),
         "{answer}"
     );
-    let main = main_pid(sd);
-    assert_ne!(main, first);
-    assert_eq!(parent_of(main).map(|p| p as i32), Some(sd.manager_pid()));
+    new_main(sd, first);
     wait_gone(&first.to_string());
     assert!(get(port, "/").unwrap().starts_with("fixed (pid "));
-    let report = load.stop();
-    assert_eq!(
-        report.failed(),
-        0,
-        "{:?} {:?}",
-        report.failures,
-        report.examples
-    );
+    assert_no_failures(&load.stop());
 }
 
 fn a_second_upgrade_during_one_is_refused(sd: &Systemd) {
@@ -244,20 +245,11 @@ fn reload_by_signal(sd: &Systemd) {
             (main_pid(sd) != first).then_some(())
         });
     }
-    let main = main_pid(sd);
-    assert_ne!(main, first);
-    assert_eq!(parent_of(main).map(|p| p as i32), Some(sd.manager_pid()));
+    new_main(sd, first);
     sd.wait_for_property("app.service", "ActiveState", "active");
     wait_gone(&first.to_string());
     assert!(get(port, "/").unwrap().contains("generation 2)"));
-    let report = load.stop();
-    assert_eq!(
-        report.failed(),
-        0,
-        "{:?} {:?}",
-        report.failures,
-        report.examples
-    );
+    assert_no_failures(&load.stop());
     assert!(!sd.journal().contains("not our child"));
 }
 
