@@ -18,7 +18,7 @@ pub mod control;
 pub mod handover;
 mod limits;
 mod listen_file;
-mod listeners;
+pub(crate) mod listeners;
 mod program;
 mod relay;
 mod supervise;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::exec::handover::{Channel, Inheritance, Message, HANDOVER_ENV};
 use crate::listen::{ListenFds, NamedFd, UnsetEnv};
-use crate::notify::{FdPoll, Notification, Notifier};
+use crate::notify::{Notification, Notifier};
 use crate::spec::ListenerSpec;
 
 /// Settings of an [`Upgrader`].
@@ -379,7 +379,7 @@ impl Upgrader {
             .try_clone_to_owned()
             .map_err(|e| setup(format!("duplicating listener {name:?}: {e}")))?;
         if state.predecessor.is_none() {
-            self.store(&fd);
+            crate::exec::listeners::store(&self.shared.notifier, &fd);
         } else {
             state.unstored.push(name.clone());
         }
@@ -512,7 +512,7 @@ impl Upgrader {
             let state = self.lock();
             for name in unstored {
                 if let Some(fd) = state.listeners.iter().find(|l| l.name() == name) {
-                    self.store(fd);
+                    crate::exec::listeners::store(&self.shared.notifier, fd);
                 }
             }
             drop(state);
@@ -591,11 +591,8 @@ impl Upgrader {
                 channel,
                 rustix::event::PollFlags::IN,
             )];
-            let timeout = rustix::time::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            };
-            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            let timeout = rustix::time::Timespec::try_from(left).ok();
+            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
             match channel.recv() {
                 Ok(Some(Some(Message::Main(_)))) => return Ok(()),
                 Ok(Some(Some(Message::Failed(why)))) => return Err(abandoned(why)),
@@ -614,20 +611,6 @@ impl Upgrader {
             .notify(&[Notification::Ready, Notification::Status(&status)])
         {
             warn!("could not tell the service manager we are ready: {e}");
-        }
-    }
-
-    fn store(&self, fd: &NamedFd) {
-        match self
-            .shared
-            .notifier
-            .store_fds(fd.name(), &[fd.as_fd()], FdPoll::Watch)
-        {
-            Ok(_) => info!(name = fd.name(), "listener put into the fd store"),
-            Err(e) => warn!(
-                name = fd.name(),
-                "could not put the listener into the fd store ({e}); it will not survive a restart"
-            ),
         }
     }
 

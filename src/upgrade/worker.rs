@@ -113,12 +113,9 @@ impl Worker {
         let mut deadlines: Vec<Instant> = self.clients.iter().map(|(_, d)| *d).collect();
         deadlines.extend(self.upgrade.as_ref().map(|u| u.deadline));
         deadlines.extend(self.shared.drain.notice().map(|n| n.deadline));
-        let timeout = deadlines.into_iter().min().map(|d| {
+        let timeout = deadlines.into_iter().min().and_then(|d| {
             let left = d.saturating_duration_since(now) + Duration::from_millis(1);
-            rustix::time::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
+            rustix::time::Timespec::try_from(left).ok()
         });
         let mut watched: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd(), self.wake.as_fd()];
         watched.extend(self.control.as_ref().map(|c| c.as_fd()));
