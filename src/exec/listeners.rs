@@ -123,7 +123,27 @@ pub(crate) fn gather(
         }
         set.active.push(fd);
     }
+    put_in_order(&mut set.active, specs);
     Ok(set)
+}
+
+/// Puts the listeners into the one order the program sees in every
+/// generation, whatever order systemd passed them in (it hands the fd store
+/// back in an order of its own after a restart): first the names of `specs`
+/// in their order (`--listen`, then the listener file), then every other
+/// name (socket units, fd-store entries) sorted by name. Descriptors sharing
+/// a name (a socket unit with several addresses) keep systemd's order, which
+/// is the unit's. Programs that take listeners by number rely on this.
+fn put_in_order(active: &mut [NamedFd], specs: &[ListenerSpec]) {
+    active.sort_by(|a, b| order_key(a.name(), specs).cmp(&order_key(b.name(), specs)));
+}
+
+/// Where a name goes: spec names by position, then the rest by name.
+fn order_key<'a>(name: &'a str, specs: &[ListenerSpec]) -> (usize, &'a str) {
+    match specs.iter().position(|s| s.name() == name) {
+        Some(i) => (i, ""),
+        None => (specs.len(), name),
+    }
 }
 
 /// Fails when the manager said (`$FDSTORE`, systemd 254+) that the unit's fd
@@ -162,7 +182,19 @@ pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
 
 #[cfg(test)]
 mod tests {
-    use super::fd_store_too_small;
+    use super::{fd_store_too_small, order_key};
+    use crate::spec::ListenerSpec;
+
+    #[test]
+    fn specs_come_first_in_their_order_then_other_names_sorted() {
+        let specs: Vec<ListenerSpec> = ["beta=tcp:127.0.0.1:1", "alpha=tcp:127.0.0.1:2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut names = vec!["zeta", "alpha", "gamma", "beta", "zeta"];
+        names.sort_by_key(|n| order_key(n, &specs));
+        assert_eq!(names, ["beta", "alpha", "gamma", "zeta", "zeta"]);
+    }
 
     #[test]
     fn too_small_fd_store_names_the_setting_the_listeners_and_the_fix() {

@@ -20,9 +20,12 @@ use nix::sys::signal::Signal;
 ///
 /// The program receives its listeners as descriptors 3, 4, ... with
 /// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, as under systemd socket
-/// activation. Listeners come from the unit's socket units and fd store;
-/// a --listen name that systemd did not pass is created and put into the fd
-/// store, so it stays open across crashes and restarts.
+/// activation, in the same order in every generation and after a restart:
+/// --listen names in command-line order, then --listen-file names in file
+/// order, then every other name sorted. Listeners come from the unit's
+/// socket units and fd store; a --listen name that systemd did not pass is
+/// created and put into the fd store, so it stays open across crashes and
+/// restarts.
 #[derive(Debug, Parser)]
 #[command(
     name = "fdstore-exec",
