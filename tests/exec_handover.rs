@@ -8,9 +8,7 @@ use fdstore::exec::handover::parent_of;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::app::{fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App};
-use support::{
-    answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic, Version,
-};
+use support::{answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic};
 
 fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
     let (port, app) = start_app(sd, "receive serve web ready", "", "");
@@ -310,9 +308,10 @@ fn reload_by_signal(sd: &Systemd) {
     let port = free_port();
     let app = App::new(sd);
     app.version("receive serve web ready");
-    let (kind, extra) = match sd.version {
-        Version::V252 => ("notify", ""),
-        Version::V254 => ("notify-reload", ""),
+    let (kind, extra) = if sd.version.has_notify_reload() {
+        ("notify-reload", "")
+    } else {
+        ("notify", "")
     };
     let text = unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), extra)
         .replace("Type=notify\n", &format!("Type={kind}\n"))
@@ -323,16 +322,13 @@ fn reload_by_signal(sd: &Systemd) {
     sd.install(&[("app.service", &text)]);
     sd.ok(&["start", "app.service"]);
     let first = main_pid(sd);
-    match sd.version {
-        Version::V252 => {
-            sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
-            wait_for("a new main process", Duration::from_secs(20), || {
-                (main_pid(sd) != first).then_some(())
-            });
-        }
-        Version::V254 => {
-            sd.ok(&["reload", "app.service"]);
-        }
+    if sd.version.has_notify_reload() {
+        sd.ok(&["reload", "app.service"]);
+    } else {
+        sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
+        wait_for("a new main process", Duration::from_secs(20), || {
+            (main_pid(sd) != first).then_some(())
+        });
     }
     let second = main_pid(sd);
     assert_ne!(second, first);
@@ -343,16 +339,13 @@ fn reload_by_signal(sd: &Systemd) {
     assert_eq!(answer(port), format!("pid {}", app.starts()[1]));
     // A broken version: the reload ends (no hang), the old one serves.
     app.version("receive exit 3");
-    match sd.version {
-        Version::V252 => {
-            sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
-            sd.wait_for_journal("exited with status 3 before it was ready");
-        }
-        Version::V254 => {
-            // There is no negative answer to SIGHUP: the reload "succeeds",
-            // STATUS= tells the truth.
-            sd.ok(&["reload", "app.service"]);
-        }
+    if sd.version.has_notify_reload() {
+        // There is no negative answer to SIGHUP: the reload "succeeds",
+        // STATUS= tells the truth.
+        sd.ok(&["reload", "app.service"]);
+    } else {
+        sd.ok(&["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"]);
+        sd.wait_for_journal("exited with status 3 before it was ready");
     }
     sd.wait_for_property("app.service", "ActiveState", "active");
     assert_eq!(main_pid(sd), second);

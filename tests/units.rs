@@ -1,5 +1,5 @@
 //! The example units in `units/`: `systemd-analyze verify` accepts them
-//! (252 and 254), and the hardened `app.socket` + `app.service` pair, started
+//! (252, 254, 257 and 262), and the hardened `app.socket` + `app.service` pair, started
 //! as shipped in a private manager, hands over under traffic.
 //!
 //! With `FDSTORE_TEST_INSTALLED=1` (set by `tests/package` after installing
@@ -34,8 +34,15 @@ fn localized(name: &str, program: &str) -> String {
 }
 
 fn verify(version: Version, dir: &Path, unit: &str) -> (bool, String) {
+    // Against that version's own system units, not the machine's 252 ones
+    // (262 warns about the `!!` they use).
+    let units = version.root().join("lib/systemd/system");
     let out = version
         .tool("systemd-analyze")
+        .env(
+            "SYSTEMD_UNIT_PATH",
+            format!("{}:{}", dir.display(), units.display()),
+        )
         .arg("verify")
         .arg(dir.join(unit))
         .output()
@@ -92,6 +99,16 @@ fn shipped_units_pass_systemd_analyze_verify_252() {
 #[test]
 fn shipped_units_pass_systemd_analyze_verify_254() {
     shipped_units_pass_systemd_analyze_verify(Version::V254);
+}
+
+#[test]
+fn shipped_units_pass_systemd_analyze_verify_257() {
+    shipped_units_pass_systemd_analyze_verify(Version::V257);
+}
+
+#[test]
+fn shipped_units_pass_systemd_analyze_verify_262() {
+    shipped_units_pass_systemd_analyze_verify(Version::V262);
 }
 
 /// Whether the pair runs the installed `/usr/bin/fdstore-exec`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fdstore::exec::handover::parent_of;
 use support::app::{fdstore_exec, main_pid, wait_gone};
 use support::load::{Load, Mode};
-use support::{example, free_port, wait_for, Systemd, Version};
+use support::{example, free_port, wait_for, Systemd};
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
@@ -228,7 +228,7 @@ fn reload_by_signal(sd: &Systemd) {
     let port = start(sd, Example::Std, "10s");
     let first = main_pid(sd);
     let load = Load::start(port, Mode::NewConnection, 2);
-    if sd.version == Version::V254 {
+    if sd.version.has_notify_reload() {
         let text = std::fs::read_to_string(sd.dir().join("units/app.service")).unwrap();
         let text = text
             .replace("Type=notify\n", "Type=notify-reload\n")

@@ -1,7 +1,8 @@
 //! The real-systemd test harness shared by the integration tests.
 //!
 //! [`Systemd::start`] boots a private `systemd --user` manager (252 from the
-//! machine, or 254 unpacked from bookworm-backports) in a fresh child cgroup
+//! machine; 254 from bookworm-backports, 257 from trixie or 262 from sid,
+//! unpacked next to it by `.ci/`) in a fresh child cgroup
 //! and a private mount + cgroup namespace, following
 //! `shared/docs/private-systemd.md`. The test writes units into it, drives
 //! `systemctl`, reads its journal, and everything is torn down on drop, also
@@ -20,25 +21,27 @@ pub use systemd::{Systemd, Version};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Generates one test per systemd version for each named scenario function
-/// `fn NAME(sd: &Systemd)`.
+/// Generates one test per systemd version (252, 254, 257, 262) for each
+/// named scenario function `fn NAME(sd: &Systemd)`: `NAME::systemd_252` and
+/// so on, which cargo runs in parallel as its test threads allow.
 #[macro_export]
 macro_rules! on_each_systemd {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[test]
-                fn systemd_252() {
-                    let sd = $crate::support::Systemd::start($crate::support::Version::V252);
-                    super::$name(&sd);
-                }
-                #[test]
-                fn systemd_254() {
-                    let sd = $crate::support::Systemd::start($crate::support::Version::V254);
-                    super::$name(&sd);
-                }
+                $crate::on_each_systemd!(@one $name, systemd_252, V252);
+                $crate::on_each_systemd!(@one $name, systemd_254, V254);
+                $crate::on_each_systemd!(@one $name, systemd_257, V257);
+                $crate::on_each_systemd!(@one $name, systemd_262, V262);
             }
         )*
+    };
+    (@one $name:ident, $test:ident, $version:ident) => {
+        #[test]
+        fn $test() {
+            let sd = $crate::support::Systemd::start($crate::support::Version::$version);
+            super::$name(&sd);
+        }
     };
 }
 

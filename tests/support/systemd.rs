@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 /// Where `.ci/install-systemd-backports` unpacks systemd 254.
 pub const BACKPORTS_DEFAULT: &str = "/opt/fdstore-test/systemd-backports";
+/// Where `.ci/install-systemd-newer trixie` unpacks systemd 257.
+pub const TRIXIE_DEFAULT: &str = "/opt/fdstore-test/systemd-trixie";
+/// Where `.ci/install-systemd-newer sid` unpacks systemd 262.
+pub const SID_DEFAULT: &str = "/opt/fdstore-test/systemd-sid";
 
 /// The user units copied from the systemd tree so the manager can boot; no
 /// other unit of the machine is visible to it.
@@ -27,42 +31,75 @@ pub enum Version {
     /// Debian 12's installed systemd.
     V252,
     /// bookworm-backports' systemd, unpacked (not installed) by
-    /// `.ci/install-systemd-backports`.
+    /// `.ci/install-systemd-backports`; runs with `LD_LIBRARY_PATH`.
     V254,
+    /// Debian 13's (trixie) systemd, unpacked with its own glibc by
+    /// `.ci/install-systemd-newer trixie`.
+    V257,
+    /// Debian sid's systemd, unpacked with its own glibc by
+    /// `.ci/install-systemd-newer sid`.
+    V262,
 }
 
 impl Version {
+    /// Every version the suite runs on, oldest first.
+    pub const ALL: [Version; 4] = [Version::V252, Version::V254, Version::V257, Version::V262];
+
     /// The major version number.
     pub fn number(self) -> u32 {
         match self {
             Version::V252 => 252,
             Version::V254 => 254,
+            Version::V257 => 257,
+            Version::V262 => 262,
         }
     }
 
-    /// The root of the tree holding this version's binaries.
-    fn root(self) -> PathBuf {
-        match self {
-            Version::V252 => PathBuf::from("/"),
-            Version::V254 => {
-                let root = std::env::var_os("FDSTORE_TEST_SYSTEMD_NEW")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(BACKPORTS_DEFAULT));
-                assert!(
-                    root.join("lib/systemd/systemd").exists(),
-                    "systemd 254 is not unpacked in {}: run `.ci/install-systemd-backports` \
-                     (or set FDSTORE_TEST_SYSTEMD_NEW to its folder)",
-                    root.display()
-                );
-                root
-            }
-        }
+    /// `Type=notify-reload` (253+).
+    pub fn has_notify_reload(self) -> bool {
+        self.number() >= 253
     }
 
-    /// `LD_LIBRARY_PATH` for this version's binaries.
+    /// The root of the tree holding this version's binaries; panics, naming
+    /// the command that installs it, when it is missing.
+    pub fn root(self) -> PathBuf {
+        let (variable, default, install) = match self {
+            Version::V252 => return PathBuf::from("/"),
+            Version::V254 => (
+                "FDSTORE_TEST_SYSTEMD_NEW",
+                BACKPORTS_DEFAULT,
+                ".ci/install-systemd-backports".to_owned(),
+            ),
+            Version::V257 => (
+                "FDSTORE_TEST_SYSTEMD_TRIXIE",
+                TRIXIE_DEFAULT,
+                format!(".ci/install-systemd-newer trixie {TRIXIE_DEFAULT}"),
+            ),
+            Version::V262 => (
+                "FDSTORE_TEST_SYSTEMD_SID",
+                SID_DEFAULT,
+                format!(".ci/install-systemd-newer sid {SID_DEFAULT}"),
+            ),
+        };
+        let root = std::env::var_os(variable)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(default));
+        assert!(
+            root.join("lib/systemd/systemd").exists(),
+            "systemd {} is not unpacked in {}: run `{install}` as root \
+             (or set {variable} to the folder holding it)",
+            self.number(),
+            root.display()
+        );
+        root
+    }
+
+    /// `LD_LIBRARY_PATH` for this version's binaries: only 254, which is
+    /// built for Debian 12's glibc. 257 and 262 carry their own glibc and
+    /// find it without (the manager passes its environment on to services,
+    /// which must not see that glibc).
     fn library_path(self) -> Option<String> {
         match self {
-            Version::V252 => None,
             Version::V254 => {
                 let root = self.root();
                 Some(format!(
@@ -70,7 +107,14 @@ impl Version {
                     root.display()
                 ))
             }
+            Version::V252 | Version::V257 | Version::V262 => None,
         }
+    }
+
+    /// The `systemd-executor` a 255+ manager execs for every service (its
+    /// compiled-in path is the machine's, which has none).
+    fn executor(self) -> Option<PathBuf> {
+        (self.number() >= 255).then(|| self.root().join("usr/lib/systemd/systemd-executor"))
     }
 
     /// A command running this version's `bin/NAME` (systemctl, journalctl,
@@ -419,6 +463,17 @@ fn launch_script(version: Version, work: &Path, log_level: &str) -> String {
         .library_path()
         .map(|l| format!("LD_LIBRARY_PATH={l}"))
         .unwrap_or_default();
+    let executor = version
+        .executor()
+        .map(|e| format!("SYSTEMD_EXECUTOR_PATH={}", e.display()))
+        .unwrap_or_default();
+    // `systemctl daemon-reexec` execs the compiled-in /usr/lib/systemd/systemd,
+    // which is the machine's 252: in this mount namespace, it is this version.
+    let reexec = if version == Version::V252 {
+        String::new()
+    } else {
+        format!("mount --bind '{root}/lib/systemd/systemd' /usr/lib/systemd/systemd")
+    };
     format!(
         r#"set -e
 # One tmpfs on /run, as at boot (separate tmpfs mounts on /run/systemd and
@@ -440,6 +495,7 @@ mknod -m 0000 /run/systemd/inaccessible/chr c 0 0
 mknod -m 0000 /run/systemd/inaccessible/blk b 0 0
 mount --bind '{w}/journal' /run/log/journal
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+{reexec}
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} '{root}/lib/systemd/systemd-journald' &
 journald=$!
 i=0
@@ -448,7 +504,7 @@ while [ ! -S /run/systemd/journal/socket ]; do
     sleep 0.01
 done
 env -i XDG_RUNTIME_DIR=/run/systemd/fdst-runtime SYSTEMD_UNIT_PATH='{w}/units' HOME=/root \
-    PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} \
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin {lib} {executor} \
     '{root}/lib/systemd/systemd' --user --log-target=journal --log-level={log_level} &
 manager=$!
 trap 'kill -TERM $manager; wait $manager || true; kill -TERM $journald; wait $journald || true; exit 0' TERM
