@@ -427,6 +427,19 @@ pub(crate) fn parse_environment(
             value: count.to_owned(),
             problem: "not a descriptor count".into(),
         })?;
+    // Checked before anything is allocated per descriptor: no process can
+    // hold descriptors numbered beyond its hard RLIMIT_NOFILE, so a larger
+    // count is a corrupt environment, not a reason to allocate gigabytes.
+    let limit = descriptor_limit();
+    if count > limit {
+        return Err(ListenError::BadEnvironment {
+            variable: "LISTEN_FDS",
+            value: count.to_string(),
+            problem: format!(
+                "more descriptors than this process can have open (its hard RLIMIT_NOFILE is {limit})"
+            ),
+        });
+    }
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -443,6 +456,16 @@ pub(crate) fn parse_environment(
             Ok(names)
         }
     }
+}
+
+/// How many descriptors this process can have at most: its hard
+/// `RLIMIT_NOFILE`, or the largest descriptor number when unlimited.
+fn descriptor_limit() -> usize {
+    let max = (i32::MAX - LISTEN_FDS_START) as u64;
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(max);
+    hard.min(max) as usize
 }
 
 #[cfg(test)]
@@ -519,6 +542,30 @@ mod tests {
             }
             assert!(err.to_string().starts_with(var), "{err}");
         }
+    }
+
+    #[test]
+    fn a_count_beyond_the_descriptor_limit_is_refused_before_allocating() {
+        // Without LISTEN_FDNAMES a name is made for every descriptor: two
+        // billion of them aborted the process before the bound.
+        let err = parse_environment(Some("42"), Some("2000000000"), None, 42).unwrap_err();
+        match &err {
+            ListenError::BadEnvironment {
+                variable, problem, ..
+            } => {
+                assert_eq!(*variable, "LISTEN_FDS");
+                assert!(problem.contains("hard RLIMIT_NOFILE"), "{problem}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let limit = descriptor_limit();
+        assert!(parse_environment(Some("42"), Some(&(limit + 1).to_string()), None, 42).is_err());
+        assert_eq!(
+            parse_environment(Some("42"), Some(&limit.min(4096).to_string()), None, 42)
+                .unwrap()
+                .len(),
+            limit.min(4096)
+        );
     }
 
     fn set_with(names: &[&str]) -> ListenFds {

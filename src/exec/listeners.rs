@@ -11,7 +11,6 @@ use super::listen_file::read_listen_file;
 use crate::listen::{ListenFds, NamedFd};
 use crate::notify::{FdPoll, Notifier};
 use crate::spec::ListenerSpec;
-use crate::UnsetEnv;
 
 /// The listeners of one generation.
 #[derive(Debug, Default)]
@@ -53,21 +52,20 @@ pub(crate) fn all_specs(
     Ok(specs)
 }
 
-/// Takes the descriptors passed in `LISTEN_FDS` and creates the listeners
-/// in `specs` that were not passed.
+/// Sorts the descriptors `received` through `LISTEN_FDS` and creates the
+/// listeners in `specs` that were not passed.
 ///
 /// `previously_managed` lists the names the previous generation created from
 /// specs (empty for the first generation). `is_main` says whether new
 /// listeners may be put into the fd store at once.
 pub(crate) fn gather(
     specs: &[ListenerSpec],
+    received: ListenFds,
     previously_managed: &[String],
     is_main: bool,
     notifier: &Notifier,
 ) -> Result<ListenerSet, ExecError> {
     check_fd_store_room(specs, notifier)?;
-    let received = ListenFds::from_env(UnsetEnv::Yes)
-        .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))?;
     // Room for the received listeners and those still to be created.
     ensure_descriptor_room(needed_for(received.len() + specs.len()))?;
     let mut set = ListenerSet {

@@ -27,4 +27,4 @@ pub use config::{sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
 pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
 pub use relay::{NotifyRelay, RelayMessage};
-pub use supervise::run;
+pub use supervise::{run, Inherited};

@@ -143,23 +143,64 @@ struct Supervisor<'c> {
     queued: Vec<RelayMessage>,
 }
 
-/// Runs fdstore-exec until it should end; returns how.
-pub fn run(config: &Config) -> Result<Outcome, ExecError> {
+/// What this process inherited: the `LISTEN_FDS` descriptors and, for a new
+/// generation, the hand-over channel.
+///
+/// Take it first thing in `main`, before anything opens a descriptor (the
+/// journal's socket, the signalfd, the notification socket): when an
+/// announced descriptor is not open, the kernel hands its number to the next
+/// descriptor created, and that one would be taken, and passed to the
+/// program, as a listener.
+#[derive(Debug)]
+pub struct Inherited {
+    listeners: Result<crate::ListenFds, crate::ListenError>,
+    handover: Result<Option<(Inheritance, Channel)>, ExecError>,
+}
+
+impl Inherited {
+    /// Takes the inherited descriptors (once per process; the environment
+    /// variables that announce them are removed). Errors are reported by
+    /// [`run`].
+    pub fn take() -> Inherited {
+        let listeners = crate::ListenFds::from_env(crate::UnsetEnv::Yes);
+        let handover = take_inheritance();
+        Inherited {
+            listeners,
+            handover,
+        }
+    }
+}
+
+/// Runs fdstore-exec until it should end; returns how. `inherited` comes
+/// from [`Inherited::take`], called before anything else in the process.
+pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> {
     let signals = handled_signals();
     signals
         .thread_block()
         .map_err(|e| fail(sysexits::OSERR, format!("blocking signals: {e}")))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| fail(sysexits::OSERR, format!("creating a signalfd: {e}")))?;
-    let inherited = take_inheritance()?;
-    let (number, managed, predecessor) = match inherited {
+    let (number, managed, predecessor) = match inherited.handover? {
         Some((inheritance, channel)) => {
             let _ = channel.send(&Message::Hello(std::process::id()));
             (inheritance.generation, inheritance.managed, Some(channel))
         }
         None => (1, Vec::new(), None),
     };
-    match Supervisor::start(config, signal_fd, number, &managed, predecessor.as_ref()) {
+    let started = inherited
+        .listeners
+        .map_err(|e| fail(sysexits::CONFIG, format!("receiving listeners: {e}")))
+        .and_then(|received| {
+            Supervisor::start(
+                config,
+                signal_fd,
+                received,
+                number,
+                &managed,
+                predecessor.as_ref(),
+            )
+        });
+    match started {
         Ok(mut supervisor) => {
             supervisor.predecessor = predecessor;
             supervisor.run()
@@ -197,6 +238,7 @@ impl<'c> Supervisor<'c> {
     fn start(
         config: &'c Config,
         signal_fd: SignalFd,
+        received: crate::ListenFds,
         number: u64,
         previously_managed: &[String],
         predecessor: Option<&Channel>,
@@ -204,7 +246,7 @@ impl<'c> Supervisor<'c> {
         let is_main = predecessor.is_none();
         let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
         let specs = all_specs(&config.listen, config.listen_file.as_deref())?;
-        let listeners = gather(&specs, previously_managed, is_main, &notifier)?;
+        let listeners = gather(&specs, received, previously_managed, is_main, &notifier)?;
         let relay = NotifyRelay::bind()
             .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
         let child =

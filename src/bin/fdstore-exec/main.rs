@@ -71,6 +71,8 @@ fn main() {
         Some(Action::Status(target)) => std::process::exit(client(&target, Request::Status)),
         None => {}
     }
+    // Before logging opens the journal's socket: see exec::Inherited.
+    let inherited = exec::Inherited::take();
     init_logging();
     let run = cli.run;
     let (program, program_args) = run.command.split_first().expect("clap requires a program");
@@ -89,7 +91,7 @@ fn main() {
         mode: run.mode,
         args: args[1..].to_vec(),
     };
-    match exec::run(&config) {
+    match exec::run(&config, inherited) {
         Ok(Outcome::Exit(code)) => std::process::exit(code),
         Ok(Outcome::Signal(signal)) => die_by(signal),
         Err(e) => {
