@@ -29,7 +29,7 @@ _fdstore__exec() {
 
     case "${cmd}" in
         fdstore__exec)
-            opts="-h -V --listen --ready --ready-timeout --listen-file --mode --drain-signal --drain-timeout --help --version reload status"
+            opts="-h -V --listen --ready --ready-timeout --listen-file --mode --drain-signal --reload-signal --forward-signal --drain-timeout --help --version reload status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -67,6 +67,14 @@ _fdstore__exec() {
                     return 0
                     ;;
                 --drain-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reload-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --forward-signal)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

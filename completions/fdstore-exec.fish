@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_fdstore_exec_global_optspecs
-    string join \n listen= ready= ready-timeout= listen-file= mode= drain-signal= drain-timeout= h/help V/version
+    string join \n listen= ready= ready-timeout= listen-file= mode= drain-signal= reload-signal= forward-signal= drain-timeout= h/help V/version
 end
 
 function __fish_fdstore_exec_needs_command
@@ -31,6 +31,8 @@ complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l listen-file -
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l mode -d 'handover: a reload starts a new generation beside the old one and hands over when it is ready. restart: no overlap; listeners are kept in the fd store across `systemctl restart`, SIGHUP goes to the program' -r -f -a "handover\t''
 restart\t''"
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-signal -d 'The signal that tells the old generation to stop accepting and finish its connections after a hand-over' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l reload-signal -d 'The signal that starts a reload by hand-over, as `systemctl reload` sends it with Type=notify-reload (set ReloadSignal= to the same signal), or none: only `fdstore-exec reload` reloads, and SIGHUP reaches the program. In --mode restart it is passed to the program' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l forward-signal -d 'A signal to pass on to the program unchanged, for example SIGWINCH or SIGTTIN. SIGHUP, SIGUSR1 and SIGUSR2 are passed on anyway, unless one is the --reload-signal; SIGTERM, SIGINT and SIGQUIT always are, and stop fdstore-exec with the program. Repeat for several. Send them to fdstore-exec with `systemctl kill --kill-whom=main --signal=SIGNAL`' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-timeout -d 'How long the old generation may drain before it is killed (SIGKILL)' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s V -l version -d 'Print version'

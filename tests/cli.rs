@@ -123,3 +123,29 @@ fn a_bad_drain_signal_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SIGNOPE"));
 }
+
+#[test]
+fn a_signal_given_two_roles_is_a_usage_error_that_says_what_to_do() {
+    let out = fdstore_exec(&["--forward-signal", "HUP", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SIGHUP is both the --reload-signal and a --forward-signal"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--reload-signal"), "{stderr}");
+}
+
+#[test]
+fn a_stop_or_uncatchable_signal_cannot_be_a_reload_or_forwarded_signal() {
+    for args in [
+        ["--reload-signal", "SIGTERM"],
+        ["--reload-signal", "KILL"],
+        ["--forward-signal", "SIGINT"],
+    ] {
+        let out = fdstore_exec(&[args[0], args[1], "--", "/bin/true"]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot be a"), "{args:?}: {stderr}");
+    }
+}

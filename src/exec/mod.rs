@@ -23,7 +23,10 @@ mod program;
 mod relay;
 mod supervise;
 
-pub use config::{sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
+pub use config::{
+    sysexits, Config, ExecError, Mode, Outcome, ReadyMode, ReloadSignal, SignalRoles,
+    DEFAULT_FORWARDED, STOP_SIGNALS,
+};
 pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
 pub use relay::{NotifyRelay, RelayMessage};

@@ -26,7 +26,9 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
-use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode};
+use super::config::{
+    fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode, SignalRoles, STOP_SIGNALS,
+};
 use super::control::{
     busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
     Request,
@@ -51,17 +53,11 @@ const MAX_CLIENTS: usize = 16;
 /// until it is the main process.
 const MAX_QUEUED: usize = 256;
 
-/// The signals fdstore-exec handles itself (through a signalfd).
-fn handled_signals() -> SigSet {
+/// The signals fdstore-exec handles itself (through a signalfd): the stop
+/// signals, the reload signal and the forwarded ones (see [`SignalRoles`]).
+fn handled_signals(roles: &SignalRoles) -> SigSet {
     let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
+    for s in roles.handled() {
         set.add(s);
     }
     set
@@ -174,7 +170,7 @@ impl Inherited {
 /// Runs fdstore-exec until it should end; returns how. `inherited` comes
 /// from [`Inherited::take`], called before anything else in the process.
 pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> {
-    let signals = handled_signals();
+    let signals = handled_signals(&config.signals);
     signals
         .thread_block()
         .map_err(|e| fail(sysexits::OSERR, format!("blocking signals: {e}")))?;
@@ -532,43 +528,48 @@ impl<'c> Supervisor<'c> {
     }
 
     fn on_signal(&mut self, signal: Signal, sender: u32) {
-        match signal {
-            Signal::SIGHUP => match (self.role, self.config.mode) {
-                (Role::Main, Mode::Handover) => {
-                    info!(sender, "SIGHUP: reloading by hand-over");
+        let reload =
+            self.config.mode == Mode::Handover && self.config.signals.reload == Some(signal);
+        if reload {
+            match self.role {
+                Role::Main => {
+                    info!(sender, "{signal}: reloading by hand-over");
                     self.start_reload(Requester::Signal);
                 }
-                (Role::Main, Mode::Restart) => {
-                    info!("SIGHUP: passing it to the program (--mode=restart)");
-                    self.forward(signal);
-                }
-                _ => info!("SIGHUP ignored: this process is not the main process"),
-            },
-            Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
-            _ => {
-                info!(
-                    ?signal,
-                    sender,
-                    pid = self.generation.pid(),
-                    "stopping: passing the signal to the program"
-                );
-                self.stopping = true;
-                match self.role {
-                    Role::Main if self.handover.is_some() => {
-                        self.fail_reload("the unit is stopping".into())
-                    }
-                    Role::Successor => {
-                        if let Some(channel) = &self.predecessor {
-                            let _ = channel.send(&Message::Failed(format!(
-                                "generation {} received {signal} before the hand-over completed",
-                                self.generation.number
-                            )));
-                        }
-                    }
-                    _ => {}
-                }
-                self.forward(signal);
+                _ => info!("{signal} ignored: this process is not the main process"),
             }
+        } else if STOP_SIGNALS.contains(&signal) {
+            info!(
+                ?signal,
+                sender,
+                pid = self.generation.pid(),
+                "stopping: passing the signal to the program"
+            );
+            self.stopping = true;
+            match self.role {
+                Role::Main if self.handover.is_some() => {
+                    self.fail_reload("the unit is stopping".into())
+                }
+                Role::Successor => {
+                    if let Some(channel) = &self.predecessor {
+                        let _ = channel.send(&Message::Failed(format!(
+                            "generation {} received {signal} before the hand-over completed",
+                            self.generation.number
+                        )));
+                    }
+                }
+                _ => {}
+            }
+            self.forward(signal);
+        } else {
+            // A forwarded signal (or, in --mode restart, the reload signal,
+            // since there is no hand-over to start).
+            info!(
+                sender,
+                pid = self.generation.pid(),
+                "{signal}: passing it to the program"
+            );
+            self.forward(signal);
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fdstore::exec::{Mode, ReadyMode};
+use fdstore::exec::{Mode, ReadyMode, ReloadSignal};
 use fdstore::ListenerSpec;
 use nix::sys::signal::Signal;
 
@@ -115,6 +115,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = fdstore::parse_signal)]
     pub drain_signal: Signal,
 
+    /// The signal that starts a reload by hand-over, as `systemctl reload`
+    /// sends it with Type=notify-reload (set ReloadSignal= to the same
+    /// signal), or none: only `fdstore-exec reload` reloads, and SIGHUP
+    /// reaches the program. In --mode restart it is passed to the program.
+    #[arg(long, value_name = "SIGNAL|none", default_value = "SIGHUP", value_parser = parse_reload_signal)]
+    pub reload_signal: ReloadSignal,
+
+    /// A signal to pass on to the program unchanged, for example SIGWINCH or
+    /// SIGTTIN. SIGHUP, SIGUSR1 and SIGUSR2 are passed on anyway, unless one
+    /// is the --reload-signal; SIGTERM, SIGINT and SIGQUIT always are, and
+    /// stop fdstore-exec with the program. Repeat for several. Send them to
+    /// fdstore-exec with `systemctl kill --kill-whom=main --signal=SIGNAL`.
+    #[arg(long = "forward-signal", value_name = "SIGNAL", value_parser = fdstore::parse_signal)]
+    pub forward_signal: Vec<Signal>,
+
     /// How long the old generation may drain before it is killed (SIGKILL).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -141,6 +156,10 @@ fn parse_spec(s: &str) -> Result<ListenerSpec, String> {
 }
 
 fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    s.parse()
+}
+
+fn parse_reload_signal(s: &str) -> Result<ReloadSignal, String> {
     s.parse()
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use cli::{Action, Cli, Target};
 use fdstore::exec::control::{self, Reply, Request};
-use fdstore::exec::{self, handover, Config, Outcome, ProgramSpec};
+use fdstore::exec::{self, handover, sysexits, Config, Outcome, ProgramSpec, SignalRoles};
 use nix::sys::signal::Signal;
 
 /// Logs go to the journal when stderr is connected to it (as under systemd),
@@ -76,6 +76,10 @@ fn main() {
     init_logging();
     let run = cli.run;
     let (program, program_args) = run.command.split_first().expect("clap requires a program");
+    let signals = SignalRoles::new(run.reload_signal.0, &run.forward_signal).unwrap_or_else(|e| {
+        eprintln!("fdstore-exec: {e}");
+        std::process::exit(sysexits::USAGE);
+    });
     let config = Config {
         listen: run.listen,
         listen_file: run.listen_file,
@@ -89,6 +93,7 @@ fn main() {
         drain_signal: run.drain_signal,
         drain_timeout: run.drain_timeout,
         mode: run.mode,
+        signals,
         args: args[1..].to_vec(),
     };
     match exec::run(&config, inherited) {
