@@ -111,7 +111,7 @@ fn with_no_reload_signal_sighup_and_chosen_signals_reach_the_program(sd: &System
     }
     // No hand-over happened; `systemctl reload` (ExecReload=fdstore-exec
     // reload) still does one.
-    assert_eq!(starts(&report), [first.clone()]);
+    assert_eq!(starts(&report), std::slice::from_ref(&first));
     let old = main_pid(sd);
     sd.ok(&["reload", "app.service"]);
     wait_handed_over(sd, &report, 1, old);
