@@ -4,7 +4,6 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
 
@@ -18,6 +17,17 @@ use crate::spec::{Endpoint, ListenerSpec, Transport};
 /// The backlog used when a spec gives none (the kernel caps it at
 /// `net.core.somaxconn`), as systemd's `Backlog=` default.
 pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// The steps of binding a Unix socket path, between which a test hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnixBindStep {
+    /// The socket's directory was opened.
+    DirOpened,
+    /// A stale socket was checked for (and removed).
+    StaleChecked,
+    /// The socket was bound; mode and owner are not set yet.
+    Bound,
+}
 
 /// A listener could not be created.
 #[derive(Debug)]
@@ -132,7 +142,11 @@ impl ListenerSpec {
     /// For a Unix path, an existing socket file is removed only when nobody is
     /// listening on it any more (a connection attempt is refused); a live
     /// socket or any other kind of file is an error, never removed. The mode
-    /// and owner are applied before the socket starts listening.
+    /// and owner are applied before the socket starts listening, to the
+    /// bound socket itself: no step follows a symlink, and the check and
+    /// removal of a stale socket are relative to the directory opened once,
+    /// so another user who can write the directory cannot redirect them to
+    /// an unrelated file (a socket replaced after `bind()` is an error).
     ///
     /// ```
     /// use fdstore::ListenerSpec;
@@ -241,61 +255,122 @@ impl ListenerSpec {
     }
 
     fn bind_unix_path(&self, path: &Path) -> Result<OwnedFd, BindError> {
-        self.remove_stale_socket(path)?;
+        self.bind_unix_path_with(path, &mut |_| {})
+    }
+
+    /// Binds a Unix socket at `path` without ever following a symlink the
+    /// directory's other writers may plant: the directory is opened once,
+    /// the stale-socket check and the removal are relative to it, and the
+    /// mode and owner are set on the bound entry opened `O_NOFOLLOW` and
+    /// checked to be a socket. `hook` runs between the steps (tests use it
+    /// to swap files at the worst moments).
+    fn bind_unix_path_with(
+        &self,
+        path: &Path,
+        hook: &mut dyn FnMut(UnixBindStep),
+    ) -> Result<OwnedFd, BindError> {
+        let shown = path.display();
+        let Some((dir_path, name)) = crate::sys::path::split_socket_path(path) else {
+            return Err(BindError {
+                spec: self.to_string(),
+                action: format!("binding {shown}"),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+                hint: Some("the path must end in a file name".to_owned()),
+            });
+        };
+        let o = self.options();
+        // Looked up before anything is created, so that an unknown name
+        // leaves nothing behind.
+        let uid = o
+            .owner
+            .as_deref()
+            .map(|u| self.resolve_user(u))
+            .transpose()?;
+        let gid = o
+            .group
+            .as_deref()
+            .map(|g| self.resolve_group(g))
+            .transpose()?;
+        let dir = crate::sys::path::Dir::open(dir_path)
+            .map_err(|e| self.fail(&format!("opening the directory {}", dir_path.display()), e))?;
+        hook(UnixBindStep::DirOpened);
+        self.remove_stale_socket(&dir, name, path)?;
+        hook(UnixBindStep::StaleChecked);
         let addr = SocketAddrUnix::new(path)
             .map_err(|e| self.fail("building the socket address", e.into()))?;
         let fd = self.unix_socket()?;
-        let shown = path.display();
         bind(&fd, &addr).map_err(|e| self.fail(&format!("binding {shown}"), e.into()))?;
-        let o = self.options();
+        hook(UnixBindStep::Bound);
+        // What is at the name now; a socket we bound, unless another writer
+        // of the directory replaced it in the meantime.
+        let entry = match dir.entry(name) {
+            Ok(Some(entry)) if entry.is_socket() => entry,
+            Ok(found) => {
+                let what = found.as_ref().map_or("gone", |e| e.describe());
+                return Err(BindError {
+                    spec: self.to_string(),
+                    action: format!("checking {shown} after binding it"),
+                    source: io::Error::from(io::ErrorKind::AlreadyExists),
+                    hint: Some(format!(
+                        "it is {what}, not the socket just bound: another user replaced it; use a directory only the service's user can write (RuntimeDirectory=)"
+                    )),
+                });
+            }
+            Err(e) => return Err(self.fail(&format!("opening {shown} after binding it"), e)),
+        };
         let result = (|| {
             if let Some(mode) = o.mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                entry
+                    .set_mode(mode)
                     .map_err(|e| self.fail(&format!("setting mode {mode:04o} on {shown}"), e))?;
             }
-            if o.owner.is_some() || o.group.is_some() {
-                let uid = o
-                    .owner
-                    .as_deref()
-                    .map(|u| self.resolve_user(u))
-                    .transpose()?;
-                let gid = o
-                    .group
-                    .as_deref()
-                    .map(|g| self.resolve_group(g))
-                    .transpose()?;
-                std::os::unix::fs::chown(path, uid, gid)
+            if uid.is_some() || gid.is_some() {
+                entry
+                    .set_owner(uid, gid)
                     .map_err(|e| self.fail(&format!("changing the owner of {shown}"), e))?;
             }
             self.listen_if_stream(&fd)
         })();
         if let Err(e) = result {
-            // We created the file and nobody can be using it yet.
-            let _ = std::fs::remove_file(path);
+            // The entry is the socket bound above and nobody can be using it
+            // yet (it does not listen); anything else there stays.
+            let _ = dir.remove_if_same(name, &entry);
             return Err(e);
         }
         Ok(fd)
     }
 
-    /// Removes `path` only if it is a socket nobody listens on.
-    fn remove_stale_socket(&self, path: &Path) -> Result<(), BindError> {
+    /// Removes the entry `name` of `dir` only if it is a socket nobody
+    /// listens on (a connection attempt is refused). The probe connects to
+    /// the checked inode itself, and the removal takes place only if the
+    /// entry is still that inode.
+    fn remove_stale_socket(
+        &self,
+        dir: &crate::sys::path::Dir,
+        name: &std::ffi::OsStr,
+        path: &Path,
+    ) -> Result<(), BindError> {
         let shown = path.display();
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        let entry = match dir.entry(name) {
+            Ok(None) => return Ok(()),
+            Ok(Some(entry)) => entry,
             Err(e) => return Err(self.fail(&format!("examining {shown}"), e)),
         };
-        if !meta.file_type().is_socket() {
+        if !entry.is_socket() {
             return Err(BindError {
                 spec: self.to_string(),
                 action: format!("refusing to replace {shown}"),
                 source: io::Error::from(io::ErrorKind::AlreadyExists),
-                hint: Some("it is not a socket; move it away or choose another path".to_owned()),
+                hint: Some(format!(
+                    "it is {}, not a socket; move it away or choose another path",
+                    entry.describe()
+                )),
             });
         }
+        let target = entry.proc_path();
         let probe = match self.transport() {
-            Transport::UnixDatagram => UnixDatagram::unbound().and_then(|s| s.connect(path)),
-            _ => UnixStream::connect(path).map(drop),
+            Transport::UnixDatagram => UnixDatagram::unbound().and_then(|s| s.connect(&target)),
+            _ => UnixStream::connect(&target).map(drop),
         };
         match probe {
             Ok(()) => Err(BindError {
@@ -306,7 +381,9 @@ impl ListenerSpec {
                     "a live socket is listening there: another instance may be running; stop it or pass the socket from systemd".to_owned(),
                 ),
             }),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => dir
+                .remove_if_same(name, &entry)
+                .map(drop)
                 .map_err(|e| self.fail(&format!("removing the stale socket {shown}"), e)),
             Err(e) => Err(self.fail(&format!("checking whether {shown} is still in use"), e)),
         }

@@ -127,3 +127,92 @@ fn a_listener_file_that_is_a_device_fifo_or_too_big_is_refused_at_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Point 5 with a real second user: `nobody` owns the socket's directory
+/// and, in a tight loop, replaces the socket by a symlink to a root-owned
+/// 0600 file as soon as it appears (and removes its symlink again, so that
+/// the next start gets as far as `bind()`), while root's fdstore-exec starts
+/// over and over with `mode=0666,owner=nobody`. Path-based chmod/chown
+/// changed the unrelated file (here within 230 starts); now such a start
+/// fails, saying the socket was replaced.
+const ATTACKER: &str = "import os, stat, sys
+d, v = sys.argv[1], sys.argv[2]
+s = d + '/api.sock'
+while True:
+    try:
+        m = os.lstat(s).st_mode
+    except OSError:
+        continue
+    try:
+        if stat.S_ISSOCK(m):
+            os.symlink(v, d + '/tmp')
+            os.rename(d + '/tmp', s)
+        elif stat.S_ISLNK(m):
+            os.unlink(s)
+    except OSError:
+        pass
+";
+
+#[test]
+fn another_user_swapping_symlinks_into_the_socket_directory_never_reaches_an_unrelated_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = scratch("symlink-race");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = base.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let script = base.join("attacker.py");
+    std::fs::write(&script, ATTACKER).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let dir = base.join("run");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let socket = dir.join("api.sock");
+    let mut attacker = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(&script)
+        .arg(&dir)
+        .arg(&victim)
+        .spawn()
+        .expect("setpriv and python3 are needed (util-linux, python3)");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(attacker.try_wait().unwrap().is_none(), "the attacker died");
+    let spec = format!("api=unix:{},mode=0666,owner=nobody", socket.display());
+    let mut replaced = 0;
+    let mut starts = 0;
+    while starts < 2000 && replaced < 3 {
+        starts += 1;
+        let mut command = Command::new(fdstore_exec());
+        command
+            .args(["--listen", &spec, "--ready", "exec", "--", "/bin/true"])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM");
+        let out = run_with_timeout(command, Duration::from_secs(20));
+        if stderr(&out).contains("another user replaced it") {
+            replaced += 1;
+        }
+        let meta = std::fs::metadata(&victim).unwrap();
+        if meta.mode() & 0o7777 != 0o600 || meta.uid() != 0 {
+            let _ = attacker.kill();
+            let _ = attacker.wait();
+            panic!(
+                "start {starts}: the unrelated file became mode {:o}, owner {}",
+                meta.mode() & 0o7777,
+                meta.uid()
+            );
+        }
+    }
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        replaced >= 3,
+        "in {starts} starts the attacker replaced the socket between bind and chmod only {replaced} times: the test proves too little"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -1,5 +1,6 @@
 use super::*;
 use crate::kind::FdKind;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 
 fn spec(s: &str) -> ListenerSpec {
@@ -141,7 +142,11 @@ fn regular_file_is_never_removed() {
     let err = spec(&format!("s=unix:{}", path.display()))
         .bind()
         .unwrap_err();
-    assert!(err.to_string().contains("it is not a socket"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("it is a regular file, not a socket"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -212,4 +217,121 @@ fn mismatch_compares_kind_and_address() {
             .mismatch(&ufd)
             .is_some()
     );
+}
+
+/// A root-owned 0600 file outside the socket's directory, which a hostile
+/// writer of that directory would like us to chmod, chown or delete.
+fn victim(dir: &std::path::Path) -> std::path::PathBuf {
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    victim
+}
+
+fn assert_untouched(victim: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(victim).expect("the unrelated file must not be deleted");
+    assert_eq!(meta.mode() & 0o7777, 0o600, "its mode changed");
+    assert_eq!(
+        meta.uid(),
+        rustix::process::getuid().as_raw(),
+        "its owner changed"
+    );
+    assert_eq!(std::fs::read(victim).unwrap(), b"precious");
+}
+
+const HOSTILE: &str = "mode=0666,owner=nobody,group=nogroup";
+
+#[test]
+fn a_symlink_at_the_socket_path_is_refused_and_its_target_untouched() {
+    let dir = temp_dir();
+    let other = temp_dir();
+    let victim = victim(&other);
+    let path = dir.join("api.sock");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let err = spec(&format!("api=unix:{},{HOSTILE}", path.display()))
+        .bind()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("it is a symbolic link, not a socket"),
+        "{err}"
+    );
+    assert_untouched(&victim);
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+#[test]
+fn a_socket_swapped_for_a_symlink_after_bind_gets_no_mode_or_owner() {
+    // The race of issue 14, point 5, made deterministic: between bind() and
+    // chmod/chown, another writer of the directory replaces the socket by a
+    // symlink to an unrelated file.
+    let dir = temp_dir();
+    let other = temp_dir();
+    let victim = victim(&other);
+    let path = dir.join("api.sock");
+    let spec = spec(&format!("api=unix:{},{HOSTILE}", path.display()));
+    let err = spec
+        .bind_unix_path_with(&path, &mut |step| {
+            if step == UnixBindStep::Bound {
+                std::fs::remove_file(&path).unwrap();
+                std::os::unix::fs::symlink(&victim, &path).unwrap();
+            }
+        })
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("it is a symbolic link, not the socket just bound"),
+        "{text}"
+    );
+    assert!(text.contains("RuntimeDirectory="), "{text}");
+    assert_untouched(&victim);
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+#[test]
+fn a_directory_swapped_during_the_stale_check_does_not_redirect_the_removal() {
+    // The directory is swapped for a symlink to another one, where an
+    // unrelated file has the socket's name: path-based check-then-unlink
+    // deleted it. The removal now happens in the directory that was opened.
+    let base = temp_dir();
+    let dir = base.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("api.sock");
+    drop(UnixListener::bind(&path).unwrap()); // a stale socket
+    let other = temp_dir();
+    let victim = other.join("api.sock");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let spec = spec(&format!("api=unix:{},{HOSTILE}", path.display()));
+    let result = spec.bind_unix_path_with(&path, &mut |step| {
+        if step == UnixBindStep::DirOpened {
+            std::fs::rename(&dir, base.join("d.old")).unwrap();
+            std::os::unix::fs::symlink(&other, &dir).unwrap();
+        }
+    });
+    // The bind itself now meets the unrelated file: refused.
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("binding"), "{err}");
+    assert_untouched(&victim);
+    // The stale socket was removed where it was.
+    assert!(!base.join("d.old/api.sock").exists());
+    std::fs::remove_dir_all(base).unwrap();
+    std::fs::remove_dir_all(other).unwrap();
+}
+
+#[test]
+fn stale_datagram_socket_is_replaced_and_mode_applies() {
+    let dir = temp_dir();
+    let path = dir.join("dgram.sock");
+    drop(UnixDatagram::bind(&path).unwrap());
+    let fd = spec(&format!("d=unix-dgram:{},mode=0600", path.display()))
+        .bind()
+        .unwrap();
+    assert_eq!(fd.kind().unwrap(), FdKind::UnixDatagram);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -25,7 +25,7 @@ pub const MAX_LISTEN_FILE_BYTES: u64 = 1 << 20;
 /// Reads and parses a listener file. Errors name the file, the line and the
 /// problem.
 ///
-/// Only a regular file of at most [`MAX_LISTEN_FILE_BYTES`] is read: the
+/// Only a regular file of at most 1 MiB (`MAX_LISTEN_FILE_BYTES`) is read: the
 /// file is opened without blocking (a FIFO with no writer would otherwise
 /// hold fdstore-exec before it handles signals) and anything else (a FIFO,
 /// a device, a directory) is refused.

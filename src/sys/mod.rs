@@ -6,5 +6,6 @@
 //! questions about what a descriptor is.
 
 pub(crate) mod fd;
+pub(crate) mod path;
 pub(crate) mod socket;
 pub(crate) mod spawn;
