@@ -5,6 +5,13 @@
 //!
 //! - `LISTEN_PID`: the pid the descriptors are meant for. When it is not ours
 //!   (the variables leaked from a parent), nothing is taken.
+//! - `LISTEN_PIDFDID` (systemd 259+, optional): the inode number of a pidfd
+//!   of that process, which tells it apart from an earlier process with a
+//!   recycled pid. When it is set, it is valid and the kernel can say what
+//!   ours is (pidfs, Linux 6.9+), it must be ours, or nothing is taken; this
+//!   is what `sd_listen_fds()` does since systemd 259. Whoever passes
+//!   descriptors on (fdstore-exec to its program, one generation to the
+//!   next) must set it to the receiver's, or leave it out.
 //! - `LISTEN_FDS`: how many descriptors, starting at 3.
 //! - `LISTEN_FDNAMES`: their names, separated by `:`. Socket units name theirs
 //!   with `FileDescriptorName=` (default: the socket unit's name), fd-store
@@ -30,9 +37,18 @@ pub const LISTEN_FDS_START: RawFd = 3;
 /// The name systemd gives descriptors when `LISTEN_FDNAMES` is not set.
 pub const UNKNOWN_NAME: &str = "unknown";
 
-/// Whether [`ListenFds::from_env`] removes `LISTEN_PID`, `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` from the environment, so that child processes do not see
-/// them.
+/// The variables of the `LISTEN_FDS` protocol, which a process passing
+/// descriptors on replaces as a whole (and [`ListenFds::from_env`] removes
+/// with [`UnsetEnv::Yes`]).
+pub const LISTEN_ENV: [&str; 4] = [
+    "LISTEN_PID",
+    "LISTEN_PIDFDID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
+/// Whether [`ListenFds::from_env`] removes the [`LISTEN_ENV`] variables
+/// from the environment, so that child processes do not see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsetEnv {
     /// Leave the variables in place.
@@ -187,6 +203,31 @@ impl AsRawFd for NamedFd {
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// Whether the descriptors this process took came with a `LISTEN_PIDFDID`
+/// (naming this process): then whoever this process passes them on to gets
+/// one naming itself, as from the manager.
+static PIDFD_ID_GIVEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`ListenFds::from_env`] took descriptors that came with a
+/// `LISTEN_PIDFDID`: the manager uses it, so a process this one passes
+/// listeners to must get one too (naming itself).
+pub(crate) fn pidfd_id_given() -> bool {
+    PIDFD_ID_GIVEN.load(Ordering::SeqCst)
+}
+
+/// `LISTEN_FDS` and `LISTEN_FDNAMES` for passing descriptors named `names`
+/// (in order, at 3, 4, ...) on to another process. The other two
+/// [`LISTEN_ENV`] variables name the receiving process itself, so they are
+/// filled in by it after `fork`: `LISTEN_PID` always, `LISTEN_PIDFDID` when
+/// [`pidfd_id_given`].
+pub(crate) fn passing_on<'a>(names: impl Iterator<Item = &'a str>) -> [(&'static str, String); 2] {
+    let names: Vec<&str> = names.collect();
+    [
+        ("LISTEN_FDS", names.len().to_string()),
+        ("LISTEN_FDNAMES", names.join(":")),
+    ]
+}
+
 /// The descriptors passed to this process, looked up by name.
 ///
 /// ```no_run
@@ -211,24 +252,26 @@ impl ListenFds {
     /// Takes the descriptors that the environment passes to this process.
     ///
     /// Returns an empty set when `LISTEN_PID` or `LISTEN_FDS` is unset, or when
-    /// `LISTEN_PID` names another process. Every descriptor taken is checked to
+    /// `LISTEN_PID` or `LISTEN_PIDFDID` names another process. Every descriptor taken is checked to
     /// be open and marked close-on-exec. Only the first call in a process takes
     /// the descriptors; later calls fail with [`ListenError::AlreadyTaken`], so
     /// two owners can never close the same descriptor.
     pub fn from_env(unset: UnsetEnv) -> Result<ListenFds, ListenError> {
-        let pid = std::env::var("LISTEN_PID").ok();
-        let count = std::env::var("LISTEN_FDS").ok();
-        let names = std::env::var("LISTEN_FDNAMES").ok();
+        let [pid, pidfd_id, count, names] = LISTEN_ENV.map(|name| std::env::var(name).ok());
         if unset == UnsetEnv::Yes {
-            std::env::remove_var("LISTEN_PID");
-            std::env::remove_var("LISTEN_FDS");
-            std::env::remove_var("LISTEN_FDNAMES");
+            for name in LISTEN_ENV {
+                std::env::remove_var(name);
+            }
         }
         let names = parse_environment(
-            pid.as_deref(),
-            count.as_deref(),
-            names.as_deref(),
+            &Environment {
+                listen_pid: pid.as_deref(),
+                listen_pidfdid: pidfd_id.as_deref(),
+                listen_fds: count.as_deref(),
+                listen_fdnames: names.as_deref(),
+            },
             std::process::id(),
+            crate::sys::pidfd::own_pidfd_id,
         )?;
         if names.is_empty() {
             return Ok(ListenFds::new());
@@ -246,6 +289,7 @@ impl ListenFds {
                 Err(source) => return Err(ListenError::NotOpen { fd, name, source }),
             }
         }
+        PIDFD_ID_GIVEN.store(pidfd_id.is_some(), Ordering::SeqCst);
         Ok(ListenFds { fds })
     }
 
@@ -389,16 +433,25 @@ impl IntoIterator for ListenFds {
     }
 }
 
-/// Interprets the `LISTEN_*` variables for process `my_pid` the way
-/// `sd_listen_fds_with_names(3)` does, and returns one name per descriptor
-/// (empty when nothing is meant for this process).
+/// The [`LISTEN_ENV`] variables, as found.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Environment<'a> {
+    pub(crate) listen_pid: Option<&'a str>,
+    pub(crate) listen_pidfdid: Option<&'a str>,
+    pub(crate) listen_fds: Option<&'a str>,
+    pub(crate) listen_fdnames: Option<&'a str>,
+}
+
+/// Interprets the `LISTEN_*` variables for process `my_pid`, whose pidfd
+/// inode number `my_pidfd_id` tells (when the kernel knows it), the way
+/// `sd_listen_fds_with_names(3)` of systemd 259+ does, and returns one name
+/// per descriptor (empty when nothing is meant for this process).
 pub(crate) fn parse_environment(
-    listen_pid: Option<&str>,
-    listen_fds: Option<&str>,
-    listen_fdnames: Option<&str>,
+    env: &Environment<'_>,
     my_pid: u32,
+    my_pidfd_id: impl FnOnce() -> Option<u64>,
 ) -> Result<Vec<String>, ListenError> {
-    let Some(pid) = listen_pid else {
+    let Some(pid) = env.listen_pid else {
         return Ok(Vec::new());
     };
     let pid: u32 = match pid.trim().parse() {
@@ -414,6 +467,19 @@ pub(crate) fn parse_environment(
     if pid != my_pid {
         return Ok(Vec::new());
     }
+    if let Some(id) = env.listen_pidfdid {
+        let id: u64 = id.trim().parse().map_err(|_| ListenError::BadEnvironment {
+            variable: "LISTEN_PIDFDID",
+            value: id.to_owned(),
+            problem: "not a pidfd inode number".into(),
+        })?;
+        // Without pidfs nobody can check it: accepted, as by sd_listen_fds().
+        if my_pidfd_id().is_some_and(|mine| mine != id) {
+            return Ok(Vec::new());
+        }
+    }
+    let listen_fds = env.listen_fds;
+    let listen_fdnames = env.listen_fdnames;
     let Some(count) = listen_fds else {
         return Ok(Vec::new());
     };
@@ -472,8 +538,74 @@ fn descriptor_limit() -> usize {
 mod tests {
     use super::*;
 
+    fn env<'a>(
+        pid: Option<&'a str>,
+        n: Option<&'a str>,
+        names: Option<&'a str>,
+    ) -> Environment<'a> {
+        Environment {
+            listen_pid: pid,
+            listen_pidfdid: None,
+            listen_fds: n,
+            listen_fdnames: names,
+        }
+    }
+
+    fn parse_environment(
+        pid: Option<&str>,
+        n: Option<&str>,
+        names: Option<&str>,
+        my_pid: u32,
+    ) -> Result<Vec<String>, ListenError> {
+        super::parse_environment(&env(pid, n, names), my_pid, || Some(7))
+    }
+
     fn parse(pid: Option<&str>, n: Option<&str>, names: Option<&str>) -> Vec<String> {
         parse_environment(pid, n, names, 42).unwrap()
+    }
+
+    fn with_pidfd_id(id: &str, mine: Option<u64>) -> Result<Vec<String>, ListenError> {
+        let env = Environment {
+            listen_pidfdid: Some(id),
+            ..env(Some("42"), Some("1"), Some("web"))
+        };
+        super::parse_environment(&env, 42, || mine)
+    }
+
+    #[test]
+    fn a_pidfd_id_naming_us_is_accepted() {
+        assert_eq!(with_pidfd_id("7", Some(7)).unwrap(), ["web"]);
+    }
+
+    #[test]
+    fn a_pidfd_id_naming_another_process_takes_nothing() {
+        // The pid was recycled, or a wrapper passed the manager's value on.
+        assert!(with_pidfd_id("8", Some(7)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pidfd_id_that_cannot_be_checked_is_accepted() {
+        assert_eq!(with_pidfd_id("8", None).unwrap(), ["web"]);
+    }
+
+    #[test]
+    fn a_malformed_pidfd_id_is_an_error_naming_it() {
+        let err = with_pidfd_id("x", Some(7)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("LISTEN_PIDFDID=\"x\" is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_pidfd_id_is_not_looked_at_for_another_pid() {
+        let env = Environment {
+            listen_pidfdid: Some("x"),
+            ..env(Some("41"), Some("1"), None)
+        };
+        let mine = || -> Option<u64> { panic!("must not be asked") };
+        assert!(super::parse_environment(&env, 42, mine).unwrap().is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fdstore::exec::handover::parent_of;
 use support::app::{fdstore_exec, main_pid, wait_gone};
 use support::load::{Load, Mode};
-use support::{example, free_port, wait_for, Systemd};
+use support::{assert_names_itself, environ_var, example, free_port, wait_for, Systemd};
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
@@ -118,10 +118,21 @@ fn hands_over_under_traffic(sd: &Systemd, which: Example) {
         Load::start(port, Mode::KeepAlive, 2),
     ];
     let mut mains = vec![first];
+    // Listeners from a socket unit come with LISTEN_PIDFDID on 259+; every
+    // later generation must get one naming itself (or none, like the first).
+    let pidfd_id = environ_var(first, "LISTEN_PIDFDID").is_some();
+    if matches!(which, Example::Tokio) && sd.version.number() >= 259 {
+        assert!(
+            pidfd_id,
+            "systemd {} sets LISTEN_PIDFDID",
+            sd.version.number()
+        );
+    }
     for round in 2..=4u64 {
         std::thread::sleep(Duration::from_millis(300));
         sd.ok(&["reload", "app.service"]);
         let main = new_main(sd, *mains.last().unwrap());
+        assert_names_itself(main, pidfd_id, &format!("generation {round}"));
         assert!(!mains.contains(&main), "round {round}: a pid came back");
         // The old generation drains and exits by itself.
         wait_gone(&mains.last().unwrap().to_string());

@@ -9,7 +9,8 @@
 //! child.
 //!
 //! The new process finds the listeners at descriptors 3, 4, ... under the
-//! usual `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` protocol, and the channel
+//! usual `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` (and `LISTEN_PIDFDID`)
+//! protocol, and the channel
 //! right after them, described by [`HANDOVER_ENV`]. The channel is a
 //! `SOCK_SEQPACKET` socket pair carrying one text message per packet:
 //!
@@ -220,18 +221,9 @@ pub fn spawn_successor(
         .arg("--")
         .arg(fdstore_exec)
         .args(args)
-        .env_remove("LISTEN_PID")
-        .env("LISTEN_FDS", listeners.len().to_string())
-        .env(
-            "LISTEN_FDNAMES",
-            listeners
-                .iter()
-                .map(NamedFd::name)
-                .collect::<Vec<_>>()
-                .join(":"),
-        )
         .env(HANDOVER_ENV, inheritance.to_env())
         .stdin(Stdio::null());
+    super::program::pass_listeners(&mut command, listeners);
     let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
     fds.push(channel.as_fd());
     crate::sys::spawn::pass_fds(&mut command, &fds)?;

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use crate::listen::NamedFd;
+use crate::listen::{NamedFd, LISTEN_ENV};
 
 /// The hidden first argument that makes `fdstore-exec` act as the trampoline
 /// (see [`run_trampoline`]).
@@ -24,15 +24,32 @@ pub struct ProgramSpec {
 }
 
 /// Variables of ours, or of the manager, that the program must not inherit
-/// as they are.
+/// as they are (besides [`LISTEN_ENV`]).
 const SCRUBBED: &[&str] = &[
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
     super::handover::HANDOVER_ENV,
 ];
+
+/// Sets up `command`, which runs the trampoline, to pass `listeners` on: the
+/// manager's (or predecessor's) `LISTEN_*` replaced by `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` naming them, and, when this process's listeners came
+/// with a `LISTEN_PIDFDID`, an empty `LISTEN_PIDFDID` that the trampoline
+/// replaces with the new process's own.
+pub(crate) fn pass_listeners(command: &mut Command, listeners: &[NamedFd]) {
+    for var in LISTEN_ENV {
+        command.env_remove(var);
+    }
+    if listeners.is_empty() {
+        return;
+    }
+    for (var, value) in crate::listen::passing_on(listeners.iter().map(NamedFd::name)) {
+        command.env(var, value);
+    }
+    if crate::listen::pidfd_id_given() {
+        command.env("LISTEN_PIDFDID", "");
+    }
+}
 
 /// Starts the program with `listeners` at descriptors 3, 4, ... and
 /// `LISTEN_FDS`/`LISTEN_FDNAMES` naming them, `NOTIFY_SOCKET` pointing at
@@ -54,12 +71,7 @@ pub fn spawn_program(
     for var in SCRUBBED {
         command.env_remove(var);
     }
-    if !listeners.is_empty() {
-        let names: Vec<&str> = listeners.iter().map(NamedFd::name).collect();
-        command
-            .env("LISTEN_FDS", listeners.len().to_string())
-            .env("LISTEN_FDNAMES", names.join(":"));
-    }
+    pass_listeners(&mut command, listeners);
     command.env("NOTIFY_SOCKET", notify_socket);
     crate::sys::spawn::pass_fds(&mut command, listeners)?;
     crate::sys::spawn::kill_with_parent(&mut command);
@@ -67,9 +79,11 @@ pub fn spawn_program(
 }
 
 /// The trampoline: sets `LISTEN_PID` (when `LISTEN_FDS` is set) and
-/// `WATCHDOG_PID` (when `WATCHDOG_USEC` is set) to this process's pid, then
-/// replaces itself with the program. Returns only on failure, with the exit
-/// status a shell would use (127 not found, 126 not executable).
+/// `WATCHDOG_PID` (when `WATCHDOG_USEC` is set) to this process's pid, and
+/// `LISTEN_PIDFDID` (when [`pass_listeners`] set it) to its pidfd's inode
+/// number (or removes it if the kernel cannot tell), then replaces itself
+/// with the program. Returns only on failure, with the exit status a shell
+/// would use (127 not found, 126 not executable).
 pub fn run_trampoline(args: &[OsString]) -> i32 {
     let Some((program, rest)) = args.split_first() else {
         eprintln!("fdstore-exec: {TRAMPOLINE_ARG} needs a program");
@@ -80,6 +94,12 @@ pub fn run_trampoline(args: &[OsString]) -> i32 {
     command.args(rest);
     if std::env::var_os("LISTEN_FDS").is_some() {
         command.env("LISTEN_PID", &pid);
+        if std::env::var_os("LISTEN_PIDFDID").is_some() {
+            match crate::sys::pidfd::own_pidfd_id() {
+                Some(id) => command.env("LISTEN_PIDFDID", id.to_string()),
+                None => command.env_remove("LISTEN_PIDFDID"),
+            };
+        }
     }
     if std::env::var_os("WATCHDOG_USEC").is_some() {
         command.env("WATCHDOG_PID", &pid);

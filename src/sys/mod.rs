@@ -7,5 +7,6 @@
 
 pub(crate) mod fd;
 pub(crate) mod path;
+pub(crate) mod pidfd;
 pub(crate) mod socket;
 pub(crate) mod spawn;

@@ -98,19 +98,34 @@ pub(crate) struct DetachedCommand {
     /// `LISTEN_PID=` followed by room for the digits, which the new process
     /// fills in with its own pid before `exec`.
     listen_pid: Vec<u8>,
+    /// `LISTEN_PIDFDID=` followed by room for the digits, which the new
+    /// process fills in with its own pidfd's inode number before `exec`
+    /// (or leaves out of the environment if the kernel cannot tell).
+    listen_pidfd_id: Vec<u8>,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const LISTEN_PIDFDID_PREFIX: &[u8] = b"LISTEN_PIDFDID=";
+
+/// Which of the variables naming the new process itself it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ListenIdentity {
+    /// `LISTEN_PID`.
+    pub(crate) pid: bool,
+    /// `LISTEN_PIDFDID` (only with `pid`).
+    pub(crate) pidfd_id: bool,
+}
 
 impl DetachedCommand {
     /// `program` with `args` (the first is `argv[0]`) and exactly the
     /// environment `env` (`NAME=VALUE`), plus `LISTEN_PID` set to the new
-    /// process's pid when `listen_pid` is true.
+    /// process's pid and `LISTEN_PIDFDID` to its pidfd's inode number, as
+    /// `identity` asks.
     pub(crate) fn new(
         program: &std::path::Path,
         args: &[std::ffi::OsString],
         env: &[std::ffi::OsString],
-        listen_pid: bool,
+        identity: ListenIdentity,
     ) -> io::Result<DetachedCommand> {
         use std::os::unix::ffi::OsStrExt;
         let c = |s: &std::ffi::OsStr| {
@@ -121,17 +136,22 @@ impl DetachedCommand {
                 )
             })
         };
-        let mut listen_pid_entry = Vec::new();
-        if listen_pid {
-            listen_pid_entry.extend_from_slice(LISTEN_PID_PREFIX);
-            // Room for any pid (at most 10 digits) and the NUL.
-            listen_pid_entry.resize(LISTEN_PID_PREFIX.len() + 11, 0);
-        }
+        // Room for the digits of any value (at most 10 for a pid, 20 for a
+        // 64-bit inode number) and the NUL.
+        let entry = |wanted: bool, prefix: &[u8], digits: usize| {
+            let mut entry = Vec::new();
+            if wanted {
+                entry.extend_from_slice(prefix);
+                entry.resize(prefix.len() + digits + 1, 0);
+            }
+            entry
+        };
         Ok(DetachedCommand {
             program: c(program.as_os_str())?,
             args: args.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
             env: env.iter().map(|e| c(e)).collect::<Result<_, _>>()?,
-            listen_pid: listen_pid_entry,
+            listen_pid: entry(identity.pid, LISTEN_PID_PREFIX, 10),
+            listen_pidfd_id: entry(identity.pid && identity.pidfd_id, LISTEN_PIDFDID_PREFIX, 20),
         })
     }
 
@@ -155,8 +175,13 @@ impl DetachedCommand {
         if !self.listen_pid.is_empty() {
             envp.push(self.listen_pid.as_ptr().cast());
         }
+        // Last, so that the child can drop it by ending the array there.
+        let pidfd_id_slot = (!self.listen_pidfd_id.is_empty()).then(|| {
+            envp.push(self.listen_pidfd_id.as_ptr().cast());
+            envp.len() - 1
+        });
         envp.push(std::ptr::null());
-        let (argv, envp) = (Pointers(argv), Pointers(envp));
+        let (argv, mut envp) = (Pointers(argv), Pointers(envp));
         let hook = move || -> io::Result<()> {
             // SAFETY: a raw clone with only SIGCHLD is fork() without the C
             // library's atfork handlers, which could deadlock on locks that
@@ -190,7 +215,15 @@ impl DetachedCommand {
             if !self.listen_pid.is_empty() {
                 // SAFETY: getpid cannot fail.
                 let own = unsafe { libc::getpid() } as u32;
-                write_decimal(&mut self.listen_pid[LISTEN_PID_PREFIX.len()..], own);
+                write_decimal(&mut self.listen_pid[LISTEN_PID_PREFIX.len()..], own.into());
+            }
+            if let Some(slot) = pidfd_id_slot {
+                match super::pidfd::own_pidfd_id() {
+                    Some(id) => {
+                        write_decimal(&mut self.listen_pidfd_id[LISTEN_PIDFDID_PREFIX.len()..], id)
+                    }
+                    None => envp.0[slot] = std::ptr::null(),
+                }
             }
             // SAFETY: every pointer is into a NUL-terminated string owned by
             // this closure, and both arrays end with a null pointer.
@@ -199,7 +232,8 @@ impl DetachedCommand {
         };
         // SAFETY: the hook runs between fork and exec and makes only system
         // calls on data prepared before the fork; it neither allocates nor
-        // takes locks (write_decimal writes into a buffer it is given).
+        // takes locks (write_decimal writes into a buffer it is given,
+        // own_pidfd_id only makes system calls).
         unsafe {
             vehicle.pre_exec(hook);
         }
@@ -229,7 +263,8 @@ impl Pointers {
     }
 }
 
-// SAFETY: the pointers refer to heap buffers (CStrings, the LISTEN_PID entry)
+// SAFETY: the pointers refer to heap buffers (CStrings, the LISTEN_PID and
+// LISTEN_PIDFDID entries)
 // moved into the same closure, which outlive them and are only read, in the
 // forked child; std requires pre_exec closures to be Send + Sync although it
 // never runs them on another thread.
@@ -238,9 +273,9 @@ unsafe impl Send for Pointers {}
 unsafe impl Sync for Pointers {}
 
 /// Writes `n` in decimal followed by a NUL into `out` (which has room for
-/// 10 digits and the NUL), without allocating.
-fn write_decimal(out: &mut [u8], mut n: u32) {
-    let mut digits = [0u8; 10];
+/// its digits and the NUL), without allocating.
+fn write_decimal(out: &mut [u8], mut n: u64) {
+    let mut digits = [0u8; 20];
     let mut len = 0;
     loop {
         digits[len] = b'0' + (n % 10) as u8;
@@ -266,9 +301,10 @@ mod tests {
             (0, "0"),
             (7, "7"),
             (4194304, "4194304"),
-            (u32::MAX, "4294967295"),
+            (u32::MAX.into(), "4294967295"),
+            (u64::MAX, "18446744073709551615"),
         ] {
-            let mut buf = [0xffu8; 11];
+            let mut buf = [0xffu8; 21];
             write_decimal(&mut buf, n);
             let end = buf.iter().position(|&b| b == 0).unwrap();
             assert_eq!(&buf[..end], text.as_bytes());

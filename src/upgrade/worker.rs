@@ -21,7 +21,7 @@ use crate::exec::control::{
 };
 use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
 use crate::notify::Notification;
-use crate::sys::spawn::DetachedCommand;
+use crate::sys::spawn::{DetachedCommand, ListenIdentity};
 
 /// Time on top of the ready timeout for the hand-over's own messages.
 const MARGIN: Duration = Duration::from_secs(5);
@@ -260,13 +260,10 @@ impl Worker {
             generation: self.shared.generation + 1,
             managed: state.managed.clone(),
         };
-        let names: Vec<&str> = state.listeners.iter().map(|l| l.name()).collect();
         let mut env: Vec<OsString> = std::env::vars_os()
             .filter(|(k, _)| {
-                !matches!(
-                    k.to_str(),
-                    Some("LISTEN_PID" | "LISTEN_FDS" | "LISTEN_FDNAMES" | HANDOVER_ENV)
-                )
+                !k.to_str()
+                    .is_some_and(|k| k == HANDOVER_ENV || crate::listen::LISTEN_ENV.contains(&k))
             })
             .map(|(k, v)| {
                 let mut entry = k;
@@ -275,10 +272,16 @@ impl Worker {
                 entry
             })
             .collect();
-        env.push(format!("LISTEN_FDS={n}").into());
-        env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
+        for (var, value) in crate::listen::passing_on(state.listeners.iter().map(|l| l.name())) {
+            env.push(format!("{var}={value}").into());
+        }
         env.push(format!("{HANDOVER_ENV}={}", inheritance.to_env()).into());
-        let command = DetachedCommand::new(&self.shared.program, &self.shared.args, &env, true)?;
+        let identity = ListenIdentity {
+            pid: true,
+            pidfd_id: crate::listen::pidfd_id_given(),
+        };
+        let command =
+            DetachedCommand::new(&self.shared.program, &self.shared.args, &env, identity)?;
         let mut fds: Vec<BorrowedFd<'_>> = state.listeners.iter().map(|l| l.as_fd()).collect();
         fds.push(theirs.as_fd());
         let pid = command.spawn(&fds)?;

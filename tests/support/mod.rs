@@ -119,6 +119,44 @@ pub fn proc_status(pid: u32, field: &str) -> Option<String> {
     })
 }
 
+/// The inode number of a pidfd of `pid`: what `LISTEN_PIDFDID` must say for
+/// that process.
+pub fn pidfd_id(pid: u32) -> u64 {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .unwrap_or_else(|e| panic!("pidfd_open({pid:?}): {e}"));
+    rustix::fs::fstat(&fd).unwrap().st_ino
+}
+
+/// A variable of the environment `pid` was started with (what it was
+/// given, even if it removed it since).
+pub fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/environ: {e}"));
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(str::to_owned)
+    })
+}
+
+/// Asserts that process `pid` was given `LISTEN_PIDFDID` naming itself when
+/// `expected` (the manager uses it), and no `LISTEN_PIDFDID` otherwise.
+pub fn assert_names_itself(pid: u32, expected: bool, what: &str) {
+    let value = environ_var(pid, "LISTEN_PIDFDID");
+    if expected {
+        assert_eq!(
+            value,
+            Some(pidfd_id(pid).to_string()),
+            "{what} (pid {pid}) must find LISTEN_PIDFDID naming itself"
+        );
+    } else {
+        assert_eq!(value, None, "{what} (pid {pid}): the manager set none");
+    }
+}
+
 /// The probe example (see `examples/probe.rs`).
 pub fn probe() -> PathBuf {
     example("probe")
