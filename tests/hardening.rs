@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::app::fdstore_exec;
-use support::probe;
+use support::app::{alive, fdstore_exec, main_pid};
 use support::systemd::run_with_timeout;
+use support::{answer, free_port, probe, report_lines, wait_for, Systemd};
 
 /// `sh -c SCRIPT` with the fdstore-exec and probe paths as `$FE` and `$PROBE`.
 fn shell(script: &str) -> Command {
@@ -216,3 +216,99 @@ fn another_user_swapping_symlinks_into_the_socket_directory_never_reaches_an_unr
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A worker that takes the listener at fd 3, ignores SIGTERM and answers
+/// every connection with `pid PID`; it reports `worker PID` first.
+const WORKER: &str = "import os, signal, socket, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+listener = socket.socket(fileno=3)
+with open(sys.argv[1], 'a') as report:
+    report.write('worker %d\\n' % os.getpid())
+while True:
+    connection, _ = listener.accept()
+    connection.sendall(b'pid %d\\n' % os.getpid())
+    connection.close()
+";
+
+/// Point 7: a program whose master exits on SIGTERM while its worker
+/// ignores it. The old fdstore-exec used to exit "hand-over complete" with
+/// the worker still serving; after 3 reloads 3 old workers answered most
+/// requests. The drain now waits for the program's whole process group and
+/// kills what is left at the deadline, naming it in the journal.
+fn a_drain_ends_workers_that_outlive_their_master(sd: &Systemd) {
+    let port = free_port();
+    let report = sd.path("report");
+    let worker = sd.path("worker.py");
+    std::fs::write(&worker, WORKER).unwrap();
+    let master = sd.path("master.sh");
+    std::fs::write(
+        &master,
+        format!(
+            "#!/bin/sh\n/usr/bin/python3 {} {} &\ntrap 'exit 0' TERM\nwait\n",
+            worker.display(),
+            report.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&master, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sd.install(&[(
+        "app.service",
+        &format!(
+            "[Service]\nType=notify\nFileDescriptorStoreMax=8\nKillMode=mixed\n\
+             ExecStart={} --listen web=tcp:127.0.0.1:{port} --ready exec --drain-timeout 1s -- {}\n\
+             ExecReload={} reload\n",
+            fdstore_exec(),
+            master.display(),
+            fdstore_exec(),
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let workers = |n: usize| {
+        wait_for(&format!("worker {n}"), Duration::from_secs(20), || {
+            let lines = report_lines(&report, "worker ");
+            (lines.len() >= n).then(|| {
+                lines
+                    .iter()
+                    .map(|l| l["worker ".len()..].to_owned())
+                    .collect::<Vec<_>>()
+            })
+        })
+    };
+    workers(1);
+    for round in 1..=3 {
+        let before = main_pid(sd);
+        sd.ok(&["reload", "app.service"]);
+        assert_ne!(main_pid(sd), before, "round {round}: no hand-over");
+        workers(round + 1);
+    }
+    let all = workers(4);
+    let (old, newest) = all.split_at(3);
+    for pid in old {
+        wait_for(
+            &format!("old worker {pid} to be killed"),
+            Duration::from_secs(20),
+            || (!alive(pid)).then_some(()),
+        );
+    }
+    for _ in 0..30 {
+        assert_eq!(answer(port), format!("pid {}", newest[0]));
+    }
+    let journal = sd.journal();
+    for pid in old {
+        assert!(
+            journal.contains(&format!("{pid} (python3)")),
+            "the journal must name the killed worker {pid}:\n{journal}"
+        );
+    }
+    assert!(
+        journal.contains("did not finish within the drain timeout (1s); killing its processes: "),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("still run ("),
+        "the old fdstore-exec must say it waits for the worker:\n{journal}"
+    );
+    sd.ok(&["stop", "app.service"]);
+}
+
+on_each_systemd!(a_drain_ends_workers_that_outlive_their_master);

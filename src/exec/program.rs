@@ -56,7 +56,8 @@ pub(crate) fn pass_listeners(command: &mut Command, listeners: &[NamedFd]) {
 /// `notify_socket`. It goes through the trampoline, which sets `LISTEN_PID`
 /// (and `WATCHDOG_PID`) to the program's own pid before `exec`. The program
 /// is killed (SIGKILL) if this process dies, so that it never serves
-/// unsupervised.
+/// unsupervised, and it leads a process group of its own, whose number is
+/// its pid.
 pub fn spawn_program(
     spec: &ProgramSpec,
     listeners: &[NamedFd],
@@ -75,6 +76,9 @@ pub fn spawn_program(
     command.env("NOTIFY_SOCKET", notify_socket);
     crate::sys::spawn::pass_fds(&mut command, listeners)?;
     crate::sys::spawn::kill_with_parent(&mut command);
+    // Its own process group (numbered by its pid): a drain ends every
+    // process the program started, also those whose parent exited.
+    command.process_group(0);
     command.spawn()
 }
 

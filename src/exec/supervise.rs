@@ -52,6 +52,9 @@ const MAX_CLIENTS: usize = 16;
 /// At most this many notifications of a successor's program are queued
 /// until it is the main process.
 const MAX_QUEUED: usize = 256;
+/// How often a draining generation whose program exited looks whether the
+/// processes the program left behind are gone.
+const LEFTOVER_CHECK: Duration = Duration::from_millis(100);
 
 /// The signals fdstore-exec handles itself (through a signalfd): the stop
 /// signals, the reload signal and the forwarded ones (see [`SignalRoles`]).
@@ -71,11 +74,37 @@ struct Generation {
     started: Instant,
     ready: bool,
     program_status: Option<String>,
+    /// How the program ended, once it was reaped (its process group may
+    /// still have members).
+    exited: Option<ExitStatus>,
 }
 
 impl Generation {
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The processes of the program's process group still alive: the
+    /// program and everything it started that did not leave the group.
+    fn processes(&self) -> Vec<crate::sys::process_group::Member> {
+        crate::sys::process_group::members(self.pid())
+    }
+
+    /// Kills the program's whole process group (SIGKILL).
+    fn kill_all(&mut self) {
+        // The program leads the group, numbered by its pid; while it is not
+        // reaped, or any member lives, the number cannot be reused.
+        if self.exited.is_none() || !self.processes().is_empty() {
+            if let Err(e) = crate::sys::process_group::kill(self.pid()) {
+                warn!(
+                    pgid = self.pid(),
+                    "killing the program's process group: {e}"
+                );
+            }
+        }
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+        }
     }
 }
 
@@ -272,6 +301,7 @@ impl<'c> Supervisor<'c> {
                 started,
                 ready: false,
                 program_status: None,
+                exited: None,
             },
             listeners,
             role: if is_main { Role::Main } else { Role::Successor },
@@ -350,8 +380,13 @@ impl<'c> Supervisor<'c> {
             self.on_program_ready();
         }
         loop {
-            self.check_timers()?;
-            let mut sources = vec![Source::Signals, Source::Relay, Source::Program];
+            if let Some(end) = self.check_timers()? {
+                return Ok(end);
+            }
+            let mut sources = vec![Source::Signals, Source::Relay];
+            if self.generation.exited.is_none() {
+                sources.push(Source::Program);
+            }
             if self.control.is_some() {
                 sources.push(Source::Control);
             }
@@ -411,7 +446,7 @@ impl<'c> Supervisor<'c> {
             }
             Source::Program => {
                 if let Ok(Some(status)) = self.generation.child.try_wait() {
-                    return self.on_program_exit(status).map(Some);
+                    return self.on_program_exit(status);
                 }
             }
             Source::Control => self.accept_clients(),
@@ -436,17 +471,18 @@ impl<'c> Supervisor<'c> {
         if let Some(h) = &self.handover {
             consider(h.deadline);
         }
-        if let Role::Draining {
-            deadline,
-            killed: false,
-        } = self.role
-        {
-            consider(deadline);
+        if let Role::Draining { deadline, killed } = self.role {
+            if !killed {
+                consider(deadline);
+            }
+            if self.generation.exited.is_some() {
+                consider(Instant::now() + LEFTOVER_CHECK);
+            }
         }
         until.map(|u| u.saturating_duration_since(Instant::now()))
     }
 
-    fn check_timers(&mut self) -> Result<(), ExecError> {
+    fn check_timers(&mut self) -> Result<Option<Outcome>, ExecError> {
         let now = Instant::now();
         if self.waiting_for_ready() {
             match &self.config.ready {
@@ -472,26 +508,51 @@ impl<'c> Supervisor<'c> {
                 self.generation.number + 1
             ));
         }
-        if let Role::Draining {
-            deadline,
-            killed: false,
-        } = self.role
-        {
-            if now >= deadline {
+        if let Role::Draining { deadline, killed } = self.role {
+            if !killed && now >= deadline {
+                let survivors = self.generation.processes();
+                let listed: Vec<String> = survivors.iter().map(|m| m.to_string()).collect();
                 warn!(
                     pid = self.generation.pid(),
-                    "generation {} did not finish within the drain timeout ({:?}); killing it",
+                    survivors = listed.len(),
+                    "generation {} did not finish within the drain timeout ({:?}); killing its processes: {}",
                     self.generation.number,
-                    self.config.drain_timeout
+                    self.config.drain_timeout,
+                    listed.join(", ")
                 );
-                let _ = self.generation.child.kill();
+                self.generation.kill_all();
                 self.role = Role::Draining {
                     deadline,
                     killed: true,
                 };
             }
+            if self.generation.exited.is_some() {
+                return Ok(self.drain_complete());
+            }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The end of a drain: once the program exited and no process of its
+    /// group is left, the hand-over is complete.
+    fn drain_complete(&self) -> Option<Outcome> {
+        let Role::Draining { killed, .. } = self.role else {
+            return None;
+        };
+        let status = self.generation.exited?;
+        if !self.generation.processes().is_empty() {
+            return None;
+        }
+        let g = &self.generation;
+        info!(
+            pid = g.pid(),
+            took = ?g.started.elapsed(),
+            "generation {} {}{}; its hand-over is complete",
+            g.number,
+            describe(status),
+            if killed { " (killed after the drain timeout)" } else { "" }
+        );
+        Some(Outcome::Exit(0))
     }
 
     fn not_ready_in_time(&mut self) -> ExecError {
@@ -503,7 +564,7 @@ impl<'c> Supervisor<'c> {
             self.config.ready_timeout
         );
         error!("{message}; killing it");
-        let _ = self.generation.child.kill();
+        self.generation.kill_all();
         let _ = self.generation.child.wait();
         match &self.predecessor {
             Some(channel) if self.role == Role::Successor => {
@@ -687,21 +748,35 @@ impl<'c> Supervisor<'c> {
         }
     }
 
-    fn on_program_exit(&mut self, status: ExitStatus) -> Result<Outcome, ExecError> {
+    fn on_program_exit(&mut self, status: ExitStatus) -> Result<Option<Outcome>, ExecError> {
         let described = describe(status);
-        let g = &self.generation;
+        self.generation.exited = Some(status);
         match self.role {
             Role::Draining { killed, .. } => {
+                let left = self.generation.processes();
+                if left.is_empty() {
+                    return Ok(self.drain_complete());
+                }
+                // Workers whose master exited still serve: the hand-over is
+                // not complete until they are gone (or killed at the
+                // deadline).
+                let listed: Vec<String> = left.iter().map(|m| m.to_string()).collect();
                 info!(
-                    pid = g.pid(),
-                    took = ?g.started.elapsed(),
-                    "generation {} {described}{}; its hand-over is complete",
-                    g.number,
-                    if killed { " (killed after the drain timeout)" } else { "" }
+                    pid = self.generation.pid(),
+                    "the program of generation {} {described}{}, but {} of its processes still run ({}); waiting for them {}",
+                    self.generation.number,
+                    if killed { " (killed after the drain timeout)" } else { "" },
+                    listed.len(),
+                    listed.join(", "),
+                    if killed { "to die" } else { "until the drain deadline" }
                 );
-                Ok(Outcome::Exit(0))
+                Ok(None)
             }
             Role::Successor => {
+                // What it started must not go on serving the shared
+                // listeners for a generation that failed.
+                self.generation.kill_all();
+                let g = &self.generation;
                 let when = if g.ready {
                     "before the hand-over completed"
                 } else {
@@ -726,7 +801,7 @@ impl<'c> Supervisor<'c> {
                         self.generation.number
                     ));
                 }
-                Ok(self.finish(status))
+                Ok(Some(self.finish(status)))
             }
         }
     }
@@ -774,7 +849,7 @@ impl<'c> Supervisor<'c> {
                 killed: false,
             };
         } else {
-            let _ = self.generation.child.kill();
+            self.generation.kill_all();
             self.role = Role::Draining {
                 deadline: Instant::now(),
                 killed: true,

@@ -8,5 +8,6 @@
 pub(crate) mod fd;
 pub(crate) mod path;
 pub(crate) mod pidfd;
+pub(crate) mod process_group;
 pub(crate) mod socket;
 pub(crate) mod spawn;

@@ -1,0 +1,137 @@
+//! A program's process group: every process it started, also those whose
+//! parent exited (they are re-parented to the service manager, out of any
+//! walk of the program's children, but keep their process group).
+//!
+//! See [`setpgid(2)`](https://man7.org/linux/man-pages/man2/setpgid.2.html),
+//! [`kill(2)`](https://man7.org/linux/man-pages/man2/kill.2.html) and
+//! [`proc(5)`](https://man7.org/linux/man-pages/man5/proc.5.html)
+//! (`/proc/PID/stat`).
+
+use std::io;
+
+/// At most this many members are listed (a fork bomb cannot make the list
+/// unbounded; killing the group does not depend on it).
+pub(crate) const MAX_LISTED: usize = 4096;
+
+/// One process of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`, at most 15 bytes).
+    pub command: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.pid, self.command)
+    }
+}
+
+/// The live (not zombie) processes in process group `pgid`, found by
+/// reading `/proc/*/stat`; at most [`MAX_LISTED`].
+pub(crate) fn members(pgid: u32) -> Vec<Member> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        match parse_stat(&stat) {
+            Some((command, state, group)) if group == pgid && state != 'Z' && state != 'X' => {
+                out.push(Member {
+                    pid,
+                    command: command.to_owned(),
+                });
+                if out.len() >= MAX_LISTED {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// From `/proc/PID/stat`: the command name, the state and the process
+/// group. The name is in parentheses and may itself contain them.
+fn parse_stat(stat: &str) -> Option<(&str, char, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let command = stat.get(open + 1..close)?;
+    let mut fields = stat.get(close + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((command, state, pgrp))
+}
+
+/// Sends SIGKILL to every process in group `pgid` (`kill(-pgid, SIGKILL)`).
+/// A group with no member left is not an error.
+pub(crate) fn kill(pgid: u32) -> io::Result<()> {
+    let Some(pid) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    match rustix::process::kill_process_group(pid, rustix::process::Signal::KILL) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        assert_eq!(
+            parse_stat("42 (a) b)) S 1 42 42 0 -1"),
+            Some(("a) b)", 'S', 42))
+        );
+        assert_eq!(parse_stat("7 (x) Z 1 9 9"), Some(("x", 'Z', 9)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn an_orphaned_grandchild_stays_a_member_until_the_group_is_killed() {
+        // The shell starts a sleep in the background and exits: the sleep is
+        // re-parented, but stays in the group.
+        let mut shell = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 >/dev/null & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = shell.id();
+        let mut out = String::new();
+        std::io::Read::read_to_string(shell.stdout.as_mut().unwrap(), &mut out).unwrap();
+        shell.wait().unwrap();
+        let sleep: u32 = out.trim().parse().unwrap();
+        let found = members(pgid);
+        assert!(
+            found.iter().any(|m| m.pid == sleep && m.command == "sleep"),
+            "{found:?}"
+        );
+        kill(pgid).unwrap();
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            members(pgid).is_empty()
+        });
+        assert!(gone, "{:?}", members(pgid));
+        // Killing an empty group is fine.
+        kill(pgid).unwrap();
+    }
+}
