@@ -53,6 +53,10 @@ pub enum Notification<'a> {
     Errno(i32),
     /// `MAINPID=`: another process becomes the unit's main process.
     MainPid(u32),
+    /// `MAINPIDFDID=` (systemd 257+): the inode number of a pidfd of the
+    /// process `MAINPID=` names; the manager refuses the change when it
+    /// names another process (a recycled pid). Older managers ignore it.
+    MainPidFdId(u64),
     /// `WATCHDOG=1`: keep-alive for `WatchdogSec=`.
     Watchdog,
     /// `WATCHDOG=trigger`: ask the manager to treat the service as hung.
@@ -99,6 +103,7 @@ impl Notification<'_> {
                 }
                 line(out, "MAINPID", &pid.to_string())
             }
+            Notification::MainPidFdId(id) => line(out, "MAINPIDFDID", &id.to_string()),
             Notification::Watchdog => line(out, "WATCHDOG", "1"),
             Notification::WatchdogTrigger => line(out, "WATCHDOG", "trigger"),
             Notification::WatchdogUsec(usec) => line(out, "WATCHDOG_USEC", &usec.to_string()),
@@ -450,11 +455,19 @@ impl Notifier {
     }
 
     /// Makes process `pid`, identified by `pidfd`, the unit's main process:
-    /// `MAINPIDFD=1` with the pidfd attached (systemd 257+) and `MAINPID=` for
-    /// managers that do not know pidfds.
+    /// `MAINPIDFD=1` with the pidfd attached (systemd 257+), `MAINPID=` for
+    /// managers that do not know pidfds, and `MAINPIDFDID=` when the kernel
+    /// gives pidfds an identity (pidfs).
+    ///
+    /// Managers before 257 take the `MAINPID=` but log a warning about the
+    /// unexpected descriptor: send it only to a manager that says it knows
+    /// pidfds (`$MANAGERPIDFDID`, 258+), and [`Notification::MainPid`] with
+    /// [`Notification::MainPidFdId`] elsewhere.
     pub fn main_pid_fd(&self, pid: u32, pidfd: BorrowedFd<'_>) -> Result<Delivery, NotifyError> {
         let mut text = String::from("MAINPIDFD=1\n");
-        text.push_str(&format_message(&[Notification::MainPid(pid)])?);
+        let mut fields = vec![Notification::MainPid(pid)];
+        fields.extend(crate::sys::pidfd::pidfd_id(pidfd).map(Notification::MainPidFdId));
+        text.push_str(&format_message(&fields)?);
         self.send_raw(text.as_bytes(), &[pidfd])
     }
 

@@ -121,6 +121,7 @@ fn hands_over_under_traffic(sd: &Systemd, which: Example) {
     // Listeners from a socket unit come with LISTEN_PIDFDID on 259+; every
     // later generation must get one naming itself (or none, like the first).
     let pidfd_id = environ_var(first, "LISTEN_PIDFDID").is_some();
+    let announced = environ_var(first, "MANAGERPIDFDID").is_some();
     if matches!(which, Example::Tokio) && sd.version.number() >= 259 {
         assert!(
             pidfd_id,
@@ -152,6 +153,10 @@ fn hands_over_under_traffic(sd: &Systemd, which: Example) {
     let journal = sd.journal();
     assert!(!journal.contains("not our child"), "{journal}");
     assert!(journal.contains("the hand-over took"), "{journal}");
+    // The main-PID change as fdstore-exec makes it (one shared function):
+    // the pidfd where the manager says it takes one, no warning anywhere.
+    assert!(!journal.contains("Got extra auxiliary fds"), "{journal}");
+    assert_eq!(journal.contains("MAINPIDFD=1"), announced, "{journal}");
     // One process left: the last generation.
     assert_eq!(sd.unit_processes("app.service"), vec![mains[3]]);
     sd.ok(&["stop", "app.service"]);

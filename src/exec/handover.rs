@@ -249,21 +249,36 @@ pub fn run_intermediate(args: &[OsString]) -> i32 {
 }
 
 /// Makes the ready new generation `pid` the unit's main process: checks
-/// that its parent is the service manager (our own parent), sends
-/// `MAINPID=` and waits (up to `barrier_timeout`, a warning if longer) for
-/// the manager to process it. The error says why it cannot be.
+/// that its parent is the service manager (our own parent), sends the
+/// main-PID change and waits (up to `barrier_timeout`, a warning if longer)
+/// for the manager to process it. The error says why it cannot be.
 ///
 /// The manager supervises a main process as its own child only if it is one
-/// when `MAINPID=` arrives; the intermediate was reaped, so the new process
-/// must have been re-parented to the manager by now. Plain `MAINPID=`: the
-/// new process is alive and waiting for our answer, so its pid cannot have
-/// been reused (`MAINPIDFD=1` would make 252 and 254 log a warning about an
-/// unexpected descriptor at every reload).
+/// when the change arrives; the intermediate was reaped, so the new process
+/// must have been re-parented to the manager by now.
+///
+/// The new process is named by a pidfd opened before the checks, so that
+/// what the manager is told is the process that was checked:
+/// - where the manager says it takes pidfds ([`manager_takes_pidfds`]):
+///   `MAINPIDFD=1` with the pidfd attached, plus `MAINPID=` and
+///   `MAINPIDFDID=`;
+/// - elsewhere `MAINPID=` and `MAINPIDFDID=`: systemd 257 (which takes
+///   `MAINPIDFD=1` but does not say so) refuses the change if the id names
+///   another process, and 252 and 254 ignore it; a pidfd sent to those would
+///   make them log "Got extra auxiliary fds" at every reload.
 pub fn make_main_process(
     notifier: &crate::Notifier,
     pid: u32,
     barrier_timeout: std::time::Duration,
 ) -> Result<(), String> {
+    let exited =
+        || format!("the new generation (pid {pid}) exited right after reporting readiness");
+    // Kernels before 5.3 have no pidfds: then the pid alone.
+    let pidfd = match crate::sys::pidfd::open(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(exited()),
+        Err(_) => None,
+    };
     let manager = std::os::unix::process::parent_id();
     match parent_of(pid) {
         Some(parent) if parent == manager => {}
@@ -272,19 +287,40 @@ pub fn make_main_process(
                 "the new generation (pid {pid}) has parent {parent}, not the service manager (pid {manager}); the manager would not supervise it as its own child"
             ));
         }
-        None => {
-            return Err(format!(
-                "the new generation (pid {pid}) exited right after reporting readiness"
-            ));
-        }
+        None => return Err(exited()),
     }
-    notifier
-        .notify(&[crate::Notification::MainPid(pid)])
-        .map_err(|e| format!("sending MAINPID={pid}: {e}"))?;
+    let pidfd = pidfd.as_ref().map(AsFd::as_fd);
+    // The parent checked above was that of the process the pidfd names.
+    if pidfd.is_some_and(crate::sys::pidfd::has_exited) {
+        return Err(exited());
+    }
+    let sent = match pidfd {
+        Some(pidfd) if manager_takes_pidfds() => {
+            tracing::debug!(pid, "sending MAINPIDFD=1 with the new main process's pidfd");
+            notifier.main_pid_fd(pid, pidfd)
+        }
+        _ => {
+            let id = pidfd.and_then(crate::sys::pidfd::pidfd_id);
+            let mut fields = vec![crate::Notification::MainPid(pid)];
+            fields.extend(id.map(crate::Notification::MainPidFdId));
+            notifier.notify(&fields)
+        }
+    };
+    sent.map_err(|e| format!("sending MAINPID={pid}: {e}"))?;
     if let Err(e) = notifier.barrier(barrier_timeout) {
         tracing::warn!("waiting for the manager to process MAINPID={pid}: {e}");
     }
     Ok(())
+}
+
+/// Whether the service manager says it takes a main process's pidfd
+/// (`MAINPIDFD=1`): it exports `$MANAGERPIDFDID` (systemd 258+), or it
+/// passed this process's listeners with `LISTEN_PIDFDID` (259+). Decided
+/// from what the manager tells the service, not from a version number
+/// (distributions backport features). systemd 257 takes `MAINPIDFD=1` but
+/// tells nothing; it gets the `MAINPIDFDID=` check instead.
+pub fn manager_takes_pidfds() -> bool {
+    std::env::var_os("MANAGERPIDFDID").is_some() || crate::listen::pidfd_id_given()
 }
 
 /// The parent pid of `pid`, from `/proc/PID/stat`.

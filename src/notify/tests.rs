@@ -278,9 +278,13 @@ fn main_pid_fd_attaches_the_pidfd_and_names_the_pid() {
     n.main_pid_fd(me.as_raw_nonzero().get() as u32, pidfd.as_fd())
         .unwrap();
     let (text, fds) = peer.recv();
+    let id = rustix::fs::fstat(&pidfd).unwrap().st_ino;
     assert_eq!(
         text,
-        format!("MAINPIDFD=1\nMAINPID={}\n", me.as_raw_nonzero())
+        format!(
+            "MAINPIDFD=1\nMAINPID={}\nMAINPIDFDID={id}\n",
+            me.as_raw_nonzero()
+        )
     );
     assert_eq!(fds.len(), 1);
 }
