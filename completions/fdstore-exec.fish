@@ -25,7 +25,7 @@ function __fish_fdstore_exec_using_subcommand
 end
 
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l listen -d 'A listener the program needs, as NAME=KIND:ADDRESS[,OPTION]... (for example web=tcp:[::]:8080 or api=unix:/run/app/api.sock,mode=0660). Repeat for several' -r
-complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l ready -d 'How to tell that the program is ready: notify (it sends READY=1), exec (once started), delay:DURATION, or command:SHELL-COMMAND (ready when the command exits 0)' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l ready -d 'How to tell that the program is ready: a check, or several joined by + that must all pass (for example notify+accept)' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l ready-timeout -d 'How long the program may take to become ready' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l listen-file -d 'A file of listener specs, one NAME=KIND:ADDRESS[,OPTION]... per line (# starts a comment). Read again at every reload: added listeners appear in the new generation, removed ones are closed and removed from the fd store once the old generation is gone. It must be a regular file of at most 1 MiB' -r -F
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l mode -d 'handover: a reload starts a new generation beside the old one and hands over when it is ready. restart: no overlap; listeners are kept in the fd store across `systemctl restart`, SIGHUP goes to the program' -r -f -a "handover\t''

@@ -13,6 +13,10 @@
 //!   file that says `broken` makes it exit with status 1 before it is ready,
 //!   as a new version with a bad configuration would.
 //! - `READY=1` once it accepts.
+//! - For readiness tests, versions that are wrong in ways `READY=1` does not
+//!   show: `--accept-after MS` says `READY=1` at once but accepts only after
+//!   MS milliseconds; `--never-accept` says it and never accepts;
+//!   `--health-status CODE` answers `GET /health` with CODE (default 200).
 //! - On SIGTERM it drains: it stops accepting (queued connections stay on the
 //!   shared listener for the next generation), answers the next request on
 //!   every open keep-alive connection with `Connection: close`, closes
@@ -76,13 +80,37 @@ fn main() {
         let _ = term.wait();
         DRAINING.store(true, Ordering::SeqCst);
     });
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse::<u64>().unwrap_or_else(|_| {
+                    eprintln!("hello_http: {name} takes a number, not {v:?}");
+                    std::process::exit(64);
+                })
+            })
+    };
+    let accept_after = option("--accept-after").map(Duration::from_millis);
+    let never_accept = args.iter().any(|a| a == "--never-accept");
+    let health = option("--health-status").unwrap_or(200) as u16;
     let body = Arc::new(format!("{greeting} (pid {})\n", std::process::id()));
     let open = Arc::new(AtomicUsize::new(0));
     let _ = notifier.notify(&[
         Notification::Ready,
         Notification::Status(&format!("serving: {greeting}")),
     ]);
-    accept_until_draining(&listener, &body, &open);
+    if never_accept {
+        while !DRAINING.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+        }
+    } else if let Some(pause) = accept_after {
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !DRAINING.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+    accept_until_draining(&listener, &body, health, &open);
     drop(listener);
     // Let open connections finish.
     let started = Instant::now();
@@ -117,7 +145,12 @@ fn bind_own(spec: &str) -> TcpListener {
     TcpListener::from(fd.into_fd())
 }
 
-fn accept_until_draining(listener: &TcpListener, body: &Arc<String>, open: &Arc<AtomicUsize>) {
+fn accept_until_draining(
+    listener: &TcpListener,
+    body: &Arc<String>,
+    health: u16,
+    open: &Arc<AtomicUsize>,
+) {
     use rustix::event::{poll, PollFd, PollFlags};
     let tick = rustix::time::Timespec::try_from(TICK).expect("a small duration");
     while !DRAINING.load(Ordering::SeqCst) {
@@ -134,7 +167,7 @@ fn accept_until_draining(listener: &TcpListener, body: &Arc<String>, open: &Arc<
                 let open = open.clone();
                 open.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &body);
+                    let _ = serve(stream, &body, health);
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -146,7 +179,7 @@ fn accept_until_draining(listener: &TcpListener, body: &Arc<String>, open: &Arc<
 /// Serves one connection: keep-alive until the client closes, or until the
 /// first request after the drain began (answered with `Connection: close`),
 /// or an idle second while draining.
-fn serve(stream: TcpStream, body: &str) -> std::io::Result<()> {
+fn serve(stream: TcpStream, body: &str, health: u16) -> std::io::Result<()> {
     stream.set_read_timeout(Some(TICK))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -183,8 +216,14 @@ fn serve(stream: TcpStream, body: &str) -> std::io::Result<()> {
             .lines()
             .any(|l| l.eq_ignore_ascii_case("connection: close"));
         let close = wants_close || DRAINING.load(Ordering::SeqCst);
+        let status = if request.starts_with("GET /health ") {
+            health
+        } else {
+            200
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            if status == 200 { "OK" } else { "Not OK" },
             body.len(),
             if close { "close" } else { "keep-alive" }
         );

@@ -16,7 +16,8 @@
 //! | `bind-or-store NAME=SPEC` | `inherited NAME INODE` if received, else bind, store: `created NAME INODE` |
 //! | `remove NAME` | `FDSTOREREMOVE=1` for NAME |
 //! | `store-result NAME=SPEC` | bind and store, report `store ok` or `store error: …` |
-//! | `serve NAME` | answer every connection on the received listener NAME with `pid PID\n` |
+//! | `serve NAME` | answer every connection on the received TCP listener(s) NAME with `pid PID\n` |
+//! | `serve-unix NAME` | the same on the received Unix stream listener NAME |
 //! | `close NAME` | close the received listener NAME, report `closed NAME` |
 //! | `exit CODE` | exit at once with CODE |
 //! | `exit-once FILE CODE` | the first time (FILE absent): create FILE, exit with CODE; later: nothing |
@@ -37,6 +38,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -177,6 +179,12 @@ fn main() {
                 }
                 report.line(format!("serving {name}"));
             }
+            "serve-unix" => {
+                let name = arg();
+                let listener = fds.unix_listener(&name).expect("Unix listener to serve");
+                servers.push(std::thread::spawn(move || serve_unix(listener)));
+                report.line(format!("serving {name}"));
+            }
             "close" => {
                 let name = arg();
                 drop(fds.take(&name));
@@ -275,9 +283,51 @@ fn main() {
 
 /// Answers every connection with one line until STOP is set.
 fn serve(listener: TcpListener) {
+    accept_loop(&listener, || match listener.accept() {
+        Ok((stream, _)) => Some(Box::new(stream) as Box<dyn Connection>),
+        Err(_) => None,
+    });
+}
+
+/// [`serve`] on a Unix stream listener.
+fn serve_unix(listener: UnixListener) {
+    accept_loop(&listener, || match listener.accept() {
+        Ok((stream, _)) => Some(Box::new(stream) as Box<dyn Connection>),
+        Err(_) => None,
+    });
+}
+
+/// An accepted stream, TCP or Unix.
+trait Connection: std::io::Read + Write + Send {
+    fn shut_write(&self);
+    fn blocking(&self);
+}
+
+impl Connection for std::net::TcpStream {
+    fn shut_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+    fn blocking(&self) {
+        let _ = self.set_nonblocking(false);
+        let _ = self.set_read_timeout(Some(Duration::from_secs(1)));
+    }
+}
+
+impl Connection for std::os::unix::net::UnixStream {
+    fn shut_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+    fn blocking(&self) {
+        let _ = self.set_nonblocking(false);
+        let _ = self.set_read_timeout(Some(Duration::from_secs(1)));
+    }
+}
+
+fn accept_loop<L: AsFd>(listener: &L, accept: impl Fn() -> Option<Box<dyn Connection>>) {
     let answer = format!("pid {}\n", std::process::id());
+    rustix::io::ioctl_fionbio(listener, true).expect("non-blocking accept");
     while !STOP.load(Ordering::SeqCst) {
-        let mut ready = [PollFd::new(&listener, PollFlags::IN)];
+        let mut ready = [PollFd::new(listener, PollFlags::IN)];
         let tick = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 20_000_000,
@@ -285,14 +335,21 @@ fn serve(listener: TcpListener) {
         if !matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0) {
             continue;
         }
-        listener.set_nonblocking(true).expect("non-blocking accept");
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                // One write, so a reader never sees half an answer.
+        match accept() {
+            Some(mut stream) => {
+                stream.blocking();
+                // One write, so a reader never sees half an answer; then
+                // the end of the answer, and the connection stays open
+                // until the client closes it (at most a second), as a
+                // request-response server holds a connection.
                 let _ = stream.write_all(answer.as_bytes());
+                stream.shut_write();
+                std::thread::spawn(move || {
+                    let mut rest = [0u8; 64];
+                    while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
+                });
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }

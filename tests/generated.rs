@@ -123,7 +123,7 @@ fn fdstore_exec_page() -> Vec<u8> {
     Section::new("EXIT STATUS")
         .para("When the program ends, fdstore-exec ends the same way: with the program's exit status, or killed by the same signal, so that Restart= and systemctl status see the truth. Before that, and for the reload and status commands:")
         .item("0", "Success. For reload: the new generation serves; also when the unit is stopping, which abandons the reload (a failing ExecReload= would mark the stopped unit failed).")
-        .item("64", "EX_USAGE: a bad option, listener spec, listener file line, readiness mode, signal or duration; the message quotes the bad part.")
+        .item("64", "EX_USAGE: a bad option, listener spec, listener file line, readiness mode, signal or duration; the message quotes the bad part. Also a readiness check that cannot work with the program's listeners (accept or http: without a stream listener, or naming a listener that does not exist), at start or, for a new generation, as the reason the reload fails.")
         .item("69", "EX_UNAVAILABLE: a listener could not be bound; the program was not ready in time; a reload failed and the old generation still serves (the message gives the reason); the target process has no control socket.")
         .item("71", "EX_OSERR: the operating system refused something fdstore-exec needs (fork, a socket, a signal descriptor).")
         .item("75", "EX_TEMPFAIL: reload refused because another reload is in progress.")
@@ -138,6 +138,7 @@ fn fdstore_exec_page() -> Vec<u8> {
         .item("FDSTORE", "Set by systemd 254 and later to FileDescriptorStoreMax=; informational.")
         .item("WATCHDOG_USEC, WATCHDOG_PID", "Passed on, with WATCHDOG_PID rewritten to the program's pid.")
         .item("MAINPID", "Set by systemd for ExecReload=; the process that reload and status talk to unless --pid or --unit is given.")
+        .item("FDSTORE_READY_PID, FDSTORE_READY_GENERATION", "Set for a --ready command: check: the pid of the program whose readiness it checks, and its generation (1 at start, one more at each reload). Use them to ask that program rather than the shared listener, which the old generation answers during a reload.")
         .item("JOURNAL_STREAM", "When set (as under systemd), fdstore-exec logs to the journal, otherwise to standard error.")
         .render(&mut out);
     Section::new("EXAMPLES")
@@ -149,11 +150,15 @@ fn fdstore_exec_page() -> Vec<u8> {
             "ExecStart=/usr/bin/fdstore-exec -- /usr/bin/app",
             "ExecReload=/usr/bin/fdstore-exec reload",
         ])
-        .example("A listener created by fdstore-exec and kept in the fd store, a longer drain, and a program that is ready once its health check answers:", &[
+        .example("A listener created by fdstore-exec and kept in the fd store, a longer drain, and a program that is ready once the new generation itself answers GET /health with a 2xx status (a probe answered by the old generation is retried, not counted):", &[
             "ExecStart=/usr/bin/fdstore-exec \\",
             "    --listen web=tcp:[::]:8080 --drain-timeout 120s \\",
-            "    --ready 'command:curl -fsS http://127.0.0.1:8080/health' \\",
+            "    --ready http:/health \\",
             "    -- /usr/bin/app --config /etc/app.conf",
+        ])
+        .example("A program that sends READY=1 before its workers accept (gunicorn's arbiter does): ready once READY=1 came and then a worker of the new generation accepted a probe on every listener:", &[
+            "ExecStart=/usr/bin/fdstore-exec --ready notify+accept \\",
+            "    -- /usr/bin/gunicorn --workers 4 app:application",
         ])
         .example("Reload by hand and look at the result:", &[
             "systemctl reload app.service",

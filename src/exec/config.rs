@@ -9,45 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::program::ProgramSpec;
+use super::readiness::ReadyMode;
 use crate::spec::ListenerSpec;
-
-/// How fdstore-exec decides that the program is ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadyMode {
-    /// The program sends `READY=1` to its `NOTIFY_SOCKET`.
-    Notify,
-    /// Ready as soon as it has started.
-    Exec,
-    /// Ready after it has run for this long.
-    Delay(Duration),
-    /// Ready once this shell command exits 0 (tried every 100 ms).
-    Command(String),
-}
-
-impl FromStr for ReadyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "notify" => Ok(ReadyMode::Notify),
-            "exec" => Ok(ReadyMode::Exec),
-            _ => {
-                if let Some(d) = s.strip_prefix("delay:") {
-                    crate::parse_duration(d).map(ReadyMode::Delay)
-                } else if let Some(c) = s.strip_prefix("command:") {
-                    if c.trim().is_empty() {
-                        Err("command: needs a shell command, for example command:curl -fs http://127.0.0.1:8080/health".into())
-                    } else {
-                        Ok(ReadyMode::Command(c.to_owned()))
-                    }
-                } else {
-                    Err(format!(
-                        "{s:?} is not a readiness mode; use notify, exec, delay:DURATION or command:SHELL-COMMAND"
-                    ))
-                }
-            }
-        }
-    }
-}
 
 /// How a reload is carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,14 +20,16 @@ mod limits;
 mod listen_file;
 pub(crate) mod listeners;
 mod program;
+mod readiness;
 mod relay;
 mod supervise;
 
 pub use config::{
-    sysexits, Config, ExecError, Mode, Outcome, ReadyMode, ReloadSignal, SignalRoles,
-    DEFAULT_FORWARDED, STOP_SIGNALS,
+    sysexits, Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles, DEFAULT_FORWARDED,
+    STOP_SIGNALS,
 };
 pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
+pub use readiness::{HttpCheck, ReadyCheck, ReadyMode, COMMAND_TIMEOUT};
 pub use relay::{NotifyRelay, RelayMessage};
 pub use supervise::{run, Inherited};

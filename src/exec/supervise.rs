@@ -26,9 +26,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
-use super::config::{
-    fail, sysexits, Config, ExecError, Mode, Outcome, ReadyMode, SignalRoles, STOP_SIGNALS,
-};
+use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, SignalRoles, STOP_SIGNALS};
 use super::control::{
     busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
     Request,
@@ -38,6 +36,7 @@ use super::handover::{
 };
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::program::spawn_program;
+use super::readiness::Readiness;
 use super::relay::{NotifyRelay, RelayMessage};
 use crate::listen::NamedFd;
 use crate::notify::{Notification, Notifier};
@@ -142,6 +141,8 @@ enum Source {
     Client(usize),
     Successor,
     Predecessor,
+    /// A probe connection or a check command of the readiness checks.
+    Readiness(usize),
 }
 
 struct Supervisor<'c> {
@@ -164,7 +165,8 @@ struct Supervisor<'c> {
     _successor_link: Option<Channel>,
     last_reload: Option<String>,
     stopping: bool,
-    next_check: Instant,
+    /// The readiness checks, until the program is ready (or stopping).
+    readiness: Option<Readiness>,
     queued: Vec<RelayMessage>,
 }
 
@@ -272,6 +274,8 @@ impl<'c> Supervisor<'c> {
         let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
         let specs = all_specs(&config.listen, config.listen_file.as_deref())?;
         let listeners = gather(&specs, received, previously_managed, is_main, &notifier)?;
+        let mut readiness = Readiness::new(&config.ready, &listeners.active, number)
+            .map_err(|e| fail(sysexits::USAGE, e))?;
         let relay = NotifyRelay::bind()
             .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
         let child =
@@ -289,6 +293,7 @@ impl<'c> Supervisor<'c> {
         .map_err(|e| fail(sysexits::OSERR, format!("pidfd_open: {e}")))?;
         info!(pid, program = ?config.program.program, listeners = listeners.active.len(), "started generation {number}");
         let started = Instant::now();
+        readiness.begin(pid, started);
         let mut supervisor = Supervisor {
             config,
             notifier,
@@ -313,7 +318,7 @@ impl<'c> Supervisor<'c> {
             _successor_link: None,
             last_reload: None,
             stopping: false,
-            next_check: started,
+            readiness: Some(readiness),
             queued: Vec::new(),
         };
         if is_main {
@@ -376,9 +381,6 @@ impl<'c> Supervisor<'c> {
     }
 
     fn run(&mut self) -> Result<Outcome, ExecError> {
-        if self.config.ready == ReadyMode::Exec {
-            self.on_program_ready();
-        }
         loop {
             if let Some(end) = self.check_timers()? {
                 return Ok(end);
@@ -396,6 +398,9 @@ impl<'c> Supervisor<'c> {
             }
             if self.predecessor.is_some() {
                 sources.push(Source::Predecessor);
+            }
+            if let Some(r) = &self.readiness {
+                sources.extend((0..r.fds().len()).map(Source::Readiness));
             }
             let readable = {
                 let fds: Vec<BorrowedFd<'_>> = sources.iter().map(|s| self.fd_of(*s)).collect();
@@ -433,6 +438,11 @@ impl<'c> Supervisor<'c> {
                 .as_ref()
                 .expect("polled only when linked")
                 .as_fd(),
+            Source::Readiness(i) => self
+                .readiness
+                .as_ref()
+                .expect("polled only while checking")
+                .fds()[i],
         }
     }
 
@@ -453,6 +463,8 @@ impl<'c> Supervisor<'c> {
             Source::Client(i) => self.on_client(i),
             Source::Successor => self.on_successor(),
             Source::Predecessor => return self.on_predecessor(),
+            // The checks move on in check_timers, at the top of the loop.
+            Source::Readiness(_) => {}
         }
         Ok(None)
     }
@@ -462,10 +474,12 @@ impl<'c> Supervisor<'c> {
         let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
         if self.waiting_for_ready() {
             consider(self.ready_deadline());
-            match &self.config.ready {
-                ReadyMode::Delay(d) => consider(self.generation.started + *d),
-                ReadyMode::Command(_) => consider(self.next_check),
-                _ => {}
+            if let Some(t) = self
+                .readiness
+                .as_ref()
+                .and_then(|r| r.next_wake(Instant::now()))
+            {
+                consider(t);
             }
         }
         if let Some(h) = &self.handover {
@@ -485,17 +499,9 @@ impl<'c> Supervisor<'c> {
     fn check_timers(&mut self) -> Result<Option<Outcome>, ExecError> {
         let now = Instant::now();
         if self.waiting_for_ready() {
-            match &self.config.ready {
-                ReadyMode::Delay(d) if now >= self.generation.started + *d => {
-                    self.on_program_ready()
-                }
-                ReadyMode::Command(cmd) if now >= self.next_check => {
-                    if check_command(cmd) {
-                        self.on_program_ready();
-                    }
-                    self.next_check = Instant::now() + Duration::from_millis(100);
-                }
-                _ => {}
+            if self.readiness.as_mut().is_some_and(|r| r.step(now)) {
+                self.readiness = None;
+                self.on_program_ready();
             }
             if !self.generation.ready && Instant::now() >= self.ready_deadline() {
                 return Err(self.not_ready_in_time());
@@ -556,8 +562,13 @@ impl<'c> Supervisor<'c> {
     }
 
     fn not_ready_in_time(&mut self) -> ExecError {
+        let pending = self
+            .readiness
+            .take()
+            .map(|r| format!(" ({})", r.pending(Instant::now())))
+            .unwrap_or_default();
         let message = format!(
-            "{} (generation {}, pid {}) was not ready within {:?}",
+            "{} (generation {}, pid {}) was not ready within {:?}{pending}",
             self.program_name(),
             self.generation.number,
             self.generation.pid(),
@@ -607,6 +618,8 @@ impl<'c> Supervisor<'c> {
                 "stopping: passing the signal to the program"
             );
             self.stopping = true;
+            // Ends the probes and kills a check command in progress.
+            self.readiness = None;
             match self.role {
                 Role::Main if self.handover.is_some() => {
                     self.fail_reload("the unit is stopping".into())
@@ -690,12 +703,12 @@ impl<'c> Supervisor<'c> {
             debug!(text = %message.text, "ignored a notification from a draining program");
             return;
         }
-        if message.field("READY") == Some("1")
-            && self.config.ready == ReadyMode::Notify
-            && !self.generation.ready
-            && !self.stopping
-        {
-            self.on_program_ready();
+        if message.field("READY") == Some("1") && !self.generation.ready && !self.stopping {
+            if let Some(r) = &mut self.readiness {
+                if self.config.ready.wants_notify() {
+                    r.on_notify();
+                }
+            }
         }
         if let Some(status) = message.field("STATUS") {
             self.generation.program_status = Some(status.to_owned());
@@ -1237,31 +1250,6 @@ pub(crate) fn describe(status: ExitStatus) -> String {
             Err(_) => format!("was killed by signal {signal}"),
         },
         _ => "ended".to_owned(),
-    }
-}
-
-/// Runs a readiness check command (`sh -c`), at most 5 s.
-fn check_command(command: &str) -> bool {
-    let Ok(mut child) = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
     }
 }
 

@@ -8,6 +8,8 @@
 pub(crate) mod fd;
 pub(crate) mod path;
 pub(crate) mod pidfd;
+pub(crate) mod proc;
 pub(crate) mod process_group;
+pub(crate) mod sock_diag;
 pub(crate) mod socket;
 pub(crate) mod spawn;

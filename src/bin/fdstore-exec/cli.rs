@@ -80,9 +80,26 @@ pub struct RunArgs {
     #[arg(long = "listen", value_name = "NAME=SPEC", value_parser = parse_spec)]
     pub listen: Vec<ListenerSpec>,
 
-    /// How to tell that the program is ready: notify (it sends READY=1),
-    /// exec (once started), delay:DURATION, or command:SHELL-COMMAND (ready
-    /// when the command exits 0).
+    /// How to tell that the program is ready: a check, or several joined by
+    /// + that must all pass (for example notify+accept).
+    ///
+    /// notify: it sends READY=1. exec: once started. delay:DURATION: once it
+    /// has run that long. accept[:NAME,...]: a probe connection to each stream
+    /// listener (TCP, Unix; or the named ones) is accepted by a process of
+    /// this generation (the program or a worker it started), not by the old
+    /// generation, whose probes are retried. http:[NAME]/PATH[,STATUS]: as
+    /// accept, and that process answers GET PATH with STATUS (default: any
+    /// 2xx). command:SHELL-COMMAND: ready when it exits 0 (tried every
+    /// 100 ms, each run killed after 5 s), with FDSTORE_READY_PID and
+    /// FDSTORE_READY_GENERATION naming the new program; it takes the rest of
+    /// the text, so it comes last.
+    ///
+    /// notify and delay: come first: the other checks start once they have
+    /// passed, so notify+accept suits programs that send READY=1 before their
+    /// workers accept (gunicorn). During a reload both generations share the
+    /// listeners and the old one is accepting: a check that merely connects
+    /// (command:curl http://127.0.0.1:8080/health) is answered by the old
+    /// generation and proves nothing; accept and http: prove the new one.
     #[arg(long, value_name = "MODE", default_value = "notify", value_parser = parse_ready)]
     pub ready: ReadyMode,
 

@@ -1,0 +1,379 @@
+//! Deciding that a generation is ready, without ever blocking the event
+//! loop.
+//!
+//! The checks of `--ready` ([`ReadyMode`]) fall in two groups. *Gates* are
+//! things the program says or time that passes (`notify`, `delay:`,
+//! `exec`); *proofs* are things fdstore-exec tries (`accept`, `http:`,
+//! `command:`), started once every gate is open (a program that says
+//! `READY=1` before its workers load is then probed only after it said so).
+//! The generation is ready when every gate is open and every proof passed
+//! once.
+//!
+//! During a reload both generations share the listeners and the old one is
+//! accepting, so only a proof that knows *who* answered means anything:
+//! the probes ([`probe`]) find the process that accepted their connection;
+//! a check command gets the new program's pid and generation
+//! (`FDSTORE_READY_PID`, `FDSTORE_READY_GENERATION`). The first generation
+//! goes through the same code (nothing else accepts then).
+//!
+//! Probes and commands are driven by the supervisor's poll loop: they
+//! expose descriptors to poll and a time to be woken at, and each
+//! [`Readiness::step`] does only non-blocking work.
+
+mod mode;
+mod probe;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use tracing::{debug, warn};
+
+pub use mode::{HttpCheck, ReadyCheck, ReadyMode};
+
+use crate::listen::NamedFd;
+use crate::sys::sock_diag::SockDiag;
+use probe::{probe_address, Target};
+
+/// The longest one run of a `command:` check may take; it is killed (with
+/// its process group) after that, and tried again.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause between two runs of a `command:` check.
+const COMMAND_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The readiness checks of one generation, in progress.
+pub(crate) struct Readiness {
+    mode: ReadyMode,
+    generation: u64,
+    started: Instant,
+    program_pid: u32,
+    notified: bool,
+    targets: Vec<Target>,
+    diag: Option<SockDiag>,
+    command: Option<CommandCheck>,
+}
+
+impl Readiness {
+    /// Plans the checks for a generation with these listeners. Fails, with
+    /// the fix in words, when a check cannot work with them (`accept` and
+    /// no stream listener, a name that is not a listener).
+    pub(crate) fn new(
+        mode: &ReadyMode,
+        listeners: &[NamedFd],
+        generation: u64,
+    ) -> Result<Readiness, String> {
+        let mut targets = Vec::new();
+        for check in mode.checks() {
+            let (names, http): (&[String], Option<&HttpCheck>) = match check {
+                ReadyCheck::Accept(names) => (names, None),
+                ReadyCheck::Http(h) => (h.listener.as_slice(), Some(h)),
+                _ => continue,
+            };
+            let before = targets.len();
+            for listener in listeners {
+                let named = names.iter().any(|n| n == listener.name());
+                if !names.is_empty() && !named {
+                    continue;
+                }
+                match probe_address(listener) {
+                    Ok(Some(address)) => targets.push(Target::new(
+                        listener.name().to_owned(),
+                        address,
+                        http.cloned(),
+                    )),
+                    Ok(None) if named => {
+                        return Err(format!(
+                            "--ready {check}: listener {} is {}, not a stream listener that accepts connections",
+                            listener.name(),
+                            listener.kind().map_or("unknown".into(), |k| k.to_string())
+                        ))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("--ready {check}: {e}")),
+                }
+            }
+            let all: Vec<&str> = listeners.iter().map(|l| l.name()).collect();
+            if let Some(missing) = names.iter().find(|n| !all.contains(&n.as_str())) {
+                return Err(format!(
+                    "--ready {check}: no listener is named {missing:?}; the listeners are {}",
+                    if all.is_empty() {
+                        "none".into()
+                    } else {
+                        all.join(", ")
+                    }
+                ));
+            }
+            if targets.len() == before {
+                return Err(format!(
+                    "--ready {check}: the program has no stream listener (TCP or Unix) to probe{}; use notify, delay: or command: instead",
+                    if all.is_empty() { String::new() } else { format!(" among {}", all.join(", ")) }
+                ));
+            }
+        }
+        let diag = if targets.is_empty() {
+            None
+        } else {
+            Some(SockDiag::open().map_err(|e| {
+                format!(
+                    "--ready {mode}: opening a sock_diag netlink socket to watch the probes: {e}"
+                )
+            })?)
+        };
+        let command = mode.checks().iter().find_map(|c| match c {
+            ReadyCheck::Command(text) => Some(CommandCheck::new(text.clone())),
+            _ => None,
+        });
+        Ok(Readiness {
+            mode: mode.clone(),
+            generation,
+            started: Instant::now(),
+            program_pid: 0,
+            notified: false,
+            targets,
+            diag,
+            command,
+        })
+    }
+
+    /// The program has started with this pid.
+    pub(crate) fn begin(&mut self, program_pid: u32, started: Instant) {
+        self.program_pid = program_pid;
+        self.started = started;
+    }
+
+    /// The program sent `READY=1`.
+    pub(crate) fn on_notify(&mut self) {
+        self.notified = true;
+    }
+
+    fn gates_open(&self, now: Instant) -> bool {
+        self.mode.checks().iter().all(|c| match c {
+            ReadyCheck::Notify => self.notified,
+            ReadyCheck::Delay(d) => now >= self.started + *d,
+            _ => true,
+        })
+    }
+
+    /// Does what can be done now without blocking; true once every check
+    /// passed.
+    pub(crate) fn step(&mut self, now: Instant) -> bool {
+        if !self.gates_open(now) {
+            return false;
+        }
+        let root = std::process::id();
+        if let Some(diag) = &mut self.diag {
+            for target in &mut self.targets {
+                target.step(now, diag, root);
+            }
+        }
+        if let Some(command) = &mut self.command {
+            command.step(now, self.program_pid, self.generation);
+        }
+        self.targets.iter().all(Target::passed) && self.command.as_ref().map_or(true, |c| c.passed)
+    }
+
+    /// The descriptors whose events move a check on.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds: Vec<BorrowedFd<'_>> = self.targets.iter().filter_map(Target::fd).collect();
+        if let Some(fd) = self.command.as_ref().and_then(CommandCheck::fd) {
+            fds.push(fd);
+        }
+        fds
+    }
+
+    /// When [`Readiness::step`] should run again at the latest.
+    pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut consider = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+        if !self.gates_open(now) {
+            for check in self.mode.checks() {
+                if let ReadyCheck::Delay(d) = check {
+                    consider(self.started + *d);
+                }
+            }
+            return wake;
+        }
+        for t in self.targets.iter().filter_map(Target::next_wake) {
+            consider(t);
+        }
+        if let Some(t) = self.command.as_ref().and_then(CommandCheck::next_wake) {
+            consider(t);
+        }
+        wake
+    }
+
+    /// What is still missing, naming the mode: for the message of a
+    /// generation that was not ready in time.
+    pub(crate) fn pending(&self, now: Instant) -> String {
+        let mut missing = Vec::new();
+        for check in self.mode.checks() {
+            match check {
+                ReadyCheck::Notify if !self.notified => {
+                    missing.push("the program did not send READY=1".to_owned())
+                }
+                ReadyCheck::Delay(d) if now < self.started + *d => {
+                    missing.push(format!("the delay of {d:?} had not passed"))
+                }
+                _ => {}
+            }
+        }
+        if missing.is_empty() {
+            missing.extend(
+                self.targets
+                    .iter()
+                    .filter(|t| !t.passed())
+                    .map(|t| t.describe(self.generation)),
+            );
+            if let Some(c) = self.command.as_ref().filter(|c| !c.passed) {
+                missing.push(c.describe());
+            }
+        } else if !self.targets.is_empty() || self.command.is_some() {
+            missing.push("so no probe or check command was tried".into());
+        }
+        format!("--ready {}: {}", self.mode, missing.join("; "))
+    }
+}
+
+/// A `command:` check: one run at a time, as a child process watched
+/// through its pidfd, in a process group of its own so that a run that
+/// takes too long is killed whole.
+struct CommandCheck {
+    command: String,
+    running: Option<Run>,
+    next_run: Instant,
+    passed: bool,
+    runs: u64,
+    last: Option<String>,
+}
+
+struct Run {
+    child: Child,
+    pidfd: OwnedFd,
+    deadline: Instant,
+}
+
+impl CommandCheck {
+    fn new(command: String) -> CommandCheck {
+        CommandCheck {
+            command,
+            running: None,
+            next_run: Instant::now(),
+            passed: false,
+            runs: 0,
+            last: None,
+        }
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.running.as_ref().map(|r| r.pidfd.as_fd())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        if self.passed {
+            return None;
+        }
+        Some(self.running.as_ref().map_or(self.next_run, |r| r.deadline))
+    }
+
+    fn step(&mut self, now: Instant, pid: u32, generation: u64) {
+        if self.passed {
+            return;
+        }
+        if let Some(run) = &mut self.running {
+            match run.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.running = None;
+                    self.next_run = now + COMMAND_INTERVAL;
+                    if status.success() {
+                        self.passed = true;
+                    } else {
+                        self.last = Some(super::supervise::describe(status));
+                    }
+                }
+                Ok(None) if now >= run.deadline => {
+                    self.last = Some(format!("did not finish within {COMMAND_TIMEOUT:?}"));
+                    self.kill();
+                    self.next_run = now + COMMAND_INTERVAL;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.last = Some(format!("waiting for it: {e}"));
+                    self.kill();
+                    self.next_run = now + COMMAND_INTERVAL;
+                }
+            }
+            return;
+        }
+        if now < self.next_run {
+            return;
+        }
+        self.runs += 1;
+        match self.spawn(pid, generation) {
+            Ok(run) => self.running = Some(run),
+            Err(e) => {
+                self.last = Some(format!("could not be started: {e}"));
+                self.next_run = now + COMMAND_INTERVAL;
+            }
+        }
+    }
+
+    fn spawn(&self, pid: u32, generation: u64) -> std::io::Result<Run> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&self.command)
+            .env("FDSTORE_READY_PID", pid.to_string())
+            .env("FDSTORE_READY_GENERATION", generation.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pidfd = Pid::from_raw(child.id() as i32)
+            .ok_or_else(|| std::io::Error::other("a child pid of 0"))
+            .and_then(|p| pidfd_open(p, PidfdFlags::empty()).map_err(Into::into));
+        match pidfd {
+            Ok(pidfd) => Ok(Run {
+                child,
+                pidfd,
+                deadline: Instant::now() + COMMAND_TIMEOUT,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills the run in progress and everything it started.
+    fn kill(&mut self) {
+        if let Some(mut run) = self.running.take() {
+            let group = nix::unistd::Pid::from_raw(run.child.id() as i32);
+            if let Err(e) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+                debug!("killing the check command's process group: {e}");
+                let _ = run.child.kill();
+            }
+            // After SIGKILL the child ends at once; this reaps it.
+            if let Err(e) = run.child.wait() {
+                warn!("reaping the check command: {e}");
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("the check command {:?} did not exit 0", self.command);
+        match (&self.last, self.runs) {
+            (Some(last), n) => text.push_str(&format!(" ({n} runs; the last {last})")),
+            (None, n) if n > 0 => text.push_str(" (its first run had not finished)"),
+            _ => {}
+        }
+        text
+    }
+}
+
+impl Drop for CommandCheck {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

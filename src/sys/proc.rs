@@ -1,0 +1,112 @@
+//! Processes as `/proc` shows them: a process tree, and whether a process
+//! holds a given socket.
+//!
+//! See [`proc(5)`](https://man7.org/linux/man-pages/man5/proc.5.html)
+//! (`/proc/PID/task/TID/children`, `/proc/PID/fd`).
+
+use std::io;
+
+/// At most this many processes are looked at in one tree, so that a fork
+/// bomb cannot make a walk unbounded.
+pub(crate) const MAX_TREE: usize = 4096;
+
+/// The direct children of `pid` (of all its threads).
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|w| w.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+/// `pid` and all its descendants (at most [`MAX_TREE`]), parents first.
+pub(crate) fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut next = 0;
+    while next < out.len() && out.len() < MAX_TREE {
+        let parent = out[next];
+        next += 1;
+        for child in children(parent) {
+            if out.len() < MAX_TREE && !out.contains(&child) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` has the socket with inode `inode` open. A process
+/// that is gone holds nothing; one whose descriptors may not be read is an
+/// error (`EACCES`).
+pub(crate) fn holds_socket(pid: u32, inode: u64) -> io::Result<bool> {
+    let wanted = format!("socket:[{inode}]");
+    let entries = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            if target.as_os_str() == wanted.as_str() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_tree_holds_children_and_grandchildren() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = (0..200).find_map(|_| {
+            let t = tree(pid);
+            if t.len() == 2 {
+                return Some(t);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            None
+        });
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
+        let t = found.expect("the shell and its sleep in the tree");
+        assert_eq!(t[0], pid);
+        assert!(tree(std::process::id()).contains(&std::process::id()));
+    }
+
+    #[test]
+    fn finds_a_socket_of_its_own() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino = std::fs::File::from(
+            std::os::fd::AsFd::as_fd(&listener)
+                .try_clone_to_owned()
+                .unwrap(),
+        )
+        .metadata()
+        .unwrap()
+        .ino();
+        assert!(holds_socket(std::process::id(), ino).unwrap());
+        assert!(!holds_socket(std::process::id(), u64::MAX).unwrap());
+        assert!(!holds_socket(u32::MAX - 1, ino).unwrap());
+    }
+}
