@@ -144,9 +144,16 @@ fn a_broken_new_version_rolls_back(sd: &Systemd) {
 }
 
 fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
-    let (port, app) = start_app(sd, "receive serve web ready", "--ready-timeout 1s", "");
+    let (port, app) = start_app(
+        sd,
+        "receive serve web ready",
+        "--ready-timeout 1s --drain-timeout 1s",
+        "",
+    );
     let first = main_pid(sd);
     let traffic = Traffic::start(port, 2);
+    // It blocks SIGTERM while it sleeps, as a hung program may: the drain
+    // it is told to do ends with SIGKILL at the drain timeout.
     app.version("receive sleep 60000 ready");
     let out = sd.systemctl(&["reload", "app.service"]);
     assert!(!out.status.success());
@@ -155,7 +162,6 @@ fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
     assert_eq!(main_pid(sd), first);
     let starts = app.starts();
     assert_eq!(starts.len(), 2);
-    wait_gone(&starts[1]);
     assert!(
         sd.show("app.service", "StatusText")
             .contains("(generation 2, pid ")
@@ -163,11 +169,17 @@ fn a_new_version_that_is_not_ready_in_time_is_killed(sd: &Systemd) {
                 .show("app.service", "StatusText")
                 .contains("was not ready within 1s")
     );
+    sd.wait_for_journal("was not ready within 1s (--ready notify: the program did not send READY=1); telling it to drain (SIGTERM, at most 1s)");
+    wait_gone(&starts[1]);
+    sd.wait_for_journal("generation 2 was killed by SIGKILL (killed after the drain timeout); it never became ready");
     assert_eq!(answer(port), format!("pid {}", starts[0]));
     // Nothing of generation 2 is left: the unit's processes are the
     // wrapper and its program.
-    let procs = sd.unit_processes("app.service");
-    assert_eq!(procs.len(), 2, "{procs:?}");
+    wait_for(
+        "generation 2's fdstore-exec to end",
+        Duration::from_secs(10),
+        || (sd.unit_processes("app.service").len() == 2).then_some(()),
+    );
 }
 
 fn drain_timeout_ends_with_sigkill(sd: &Systemd) {

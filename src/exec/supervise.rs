@@ -504,7 +504,7 @@ impl<'c> Supervisor<'c> {
                 self.on_program_ready();
             }
             if !self.generation.ready && Instant::now() >= self.ready_deadline() {
-                return Err(self.not_ready_in_time());
+                self.not_ready_in_time()?;
             }
         }
         if self.handover.as_ref().is_some_and(|h| now >= h.deadline) {
@@ -553,15 +553,26 @@ impl<'c> Supervisor<'c> {
         info!(
             pid = g.pid(),
             took = ?g.started.elapsed(),
-            "generation {} {}{}; its hand-over is complete",
+            "generation {} {}{}; {}",
             g.number,
             describe(status),
-            if killed { " (killed after the drain timeout)" } else { "" }
+            if killed { " (killed after the drain timeout)" } else { "" },
+            if g.ready {
+                "its hand-over is complete"
+            } else {
+                "it never became ready, and the reload did not hand over to it"
+            }
         );
         Some(Outcome::Exit(0))
     }
 
-    fn not_ready_in_time(&mut self) -> ExecError {
+    /// Ends the wait for readiness as failed. A new generation tells the
+    /// old one at once (the reload fails, the old one keeps serving), then
+    /// lets its program drain as an old generation does: a program accepts
+    /// on the shared listeners before it is ready, and killing it would
+    /// reset the connections it took. At start, with no other generation,
+    /// the program is killed and fdstore-exec fails.
+    fn not_ready_in_time(&mut self) -> Result<(), ExecError> {
         let pending = self
             .readiness
             .take()
@@ -574,18 +585,26 @@ impl<'c> Supervisor<'c> {
             self.generation.pid(),
             self.config.ready_timeout
         );
+        if self.role == Role::Successor {
+            if let Some(channel) = self.predecessor.take() {
+                error!(
+                    "{message}; telling it to drain ({}, at most {:?})",
+                    self.config.drain_signal, self.config.drain_timeout
+                );
+                let _ = channel.send(&Message::Failed(message));
+                self.forward(self.config.drain_signal);
+                self.role = Role::Draining {
+                    deadline: Instant::now() + self.config.drain_timeout,
+                    killed: false,
+                };
+                return Ok(());
+            }
+        }
         error!("{message}; killing it");
         self.generation.kill_all();
         let _ = self.generation.child.wait();
-        match &self.predecessor {
-            Some(channel) if self.role == Role::Successor => {
-                let _ = channel.send(&Message::Failed(message.clone()));
-            }
-            _ => {
-                let _ = self.notifier.status(&message);
-            }
-        }
-        fail(sysexits::UNAVAILABLE, message)
+        let _ = self.notifier.status(&message);
+        Err(fail(sysexits::UNAVAILABLE, message))
     }
 
     // ----- signals -----

@@ -1,0 +1,455 @@
+//! Readiness that proves the new generation serves, under real systemd and
+//! traffic: `--ready accept`, `http:`, `notify+accept` with a real gunicorn
+//! whose workers accept after the arbiter's `READY=1`, and `command:` checks
+//! that know which program they check and never block fdstore-exec.
+//!
+//! Every new version here says `READY=1` (or would pass a check over the
+//! shared listener) while it does not serve: the old generation answers
+//! those. Only a proof that the new generation accepts may hand over.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::app::{fdstore_exec, main_pid, start_app, unit, wait_gone, App};
+use support::load::{Load, Mode};
+use support::{answer, example, free_port, report_lines, wait_for, Systemd, Traffic};
+
+/// The "last reload took N ms" of the unit's status text.
+fn last_reload_ms(sd: &Systemd) -> u64 {
+    let status = sd.show("app.service", "StatusText");
+    let Some((_, rest)) = status.split_once("last reload took ") else {
+        panic!("no hand-over time in {status:?}");
+    };
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Runs `systemctl reload app.service`; returns whether it succeeded and
+/// how long it took.
+fn reload(sd: &Systemd) -> (bool, Duration) {
+    let t = Instant::now();
+    let out = sd.systemctl(&["reload", "app.service"]);
+    (out.status.success(), t.elapsed())
+}
+
+/// The old main process's journal line about a failed reload that
+/// contains `needle` (the reason names the mode).
+fn failed_reload_line(sd: &Systemd, needle: &str) -> String {
+    wait_for(
+        &format!("a failed reload with {needle:?} in the journal"),
+        Duration::from_secs(20),
+        || {
+            sd.journal()
+                .lines()
+                .rev()
+                .find(|l| l.contains("reload failed after") && l.contains(needle))
+                .map(str::to_owned)
+        },
+    )
+}
+
+// ----- accept, with the probe program -----
+
+fn accept_refuses_a_new_version_that_never_accepts(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve web",
+        "--ready accept --ready-timeout 2s",
+        "",
+    );
+    let first = main_pid(sd);
+    let traffic = Traffic::start(port, 4);
+    // Says READY=1 and never accepts: `notify` would hand over to it.
+    app.version("receive ready");
+    let (ok, took) = reload(sd);
+    assert!(!ok, "the reload must fail");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let line = failed_reload_line(sd, "generation 2");
+    assert!(
+        line.contains("was not ready within 2s (--ready accept: web (127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        line.contains("no probe was accepted by generation 2"),
+        "{line}"
+    );
+    // The old generation took the probes, and was never counted.
+    assert!(
+        line.contains("accepted by another process (the old generation)"),
+        "{line}"
+    );
+    assert_eq!(main_pid(sd), first);
+    std::thread::sleep(Duration::from_millis(200));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    let starts = app.starts();
+    assert_eq!(starts.len(), 2);
+    wait_gone(&starts[1]);
+    assert_eq!(count.answers, [format!("pid {}", starts[0])].into());
+    assert_eq!(answer(port), format!("pid {}", starts[0]));
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.contains("reload failed: ") && status.contains("--ready accept"),
+        "{status}"
+    );
+}
+
+fn accept_waits_for_a_new_version_that_accepts_late(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve web",
+        "--ready accept --ready-timeout 20s",
+        "",
+    );
+    let first = main_pid(sd);
+    let traffic = Traffic::start(port, 4);
+    app.version("receive ready sleep 2000 serve web");
+    let (ok, took) = reload(sd);
+    assert!(ok, "the reload must succeed");
+    assert!(took >= Duration::from_secs(2), "handed over after {took:?}");
+    assert!(
+        last_reload_ms(sd) >= 2000,
+        "{}",
+        sd.show("app.service", "StatusText")
+    );
+    assert_ne!(main_pid(sd), first);
+    let starts = app.starts();
+    wait_gone(&starts[0]);
+    std::thread::sleep(Duration::from_millis(200));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert!(
+        count.answers.contains(&format!("pid {}", starts[1])),
+        "{count:?}"
+    );
+    assert_eq!(answer(port), format!("pid {}", starts[1]));
+}
+
+fn accept_probes_tcp_v4_v6_unix_and_abstract_listeners(sd: &Systemd) {
+    let port = free_port();
+    let v6 = free_port();
+    let path = sd.path("api.sock");
+    let abstract_name = format!("fdstore-test-{}-{port}", std::process::id());
+    let app = App::new(sd);
+    let all = "receive serve web serve v6 serve-unix api serve-unix admin";
+    app.version(all);
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!(
+                "--listen web=tcp:127.0.0.1:{port} --listen v6=tcp:[::1]:{v6} \
+                 --listen api=unix:{} --listen admin=unix:@{abstract_name} \
+                 --ready accept --ready-timeout 2s",
+                path.display()
+            ),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let traffic = Traffic::start(port, 2);
+    // A version that forgets its abstract listener.
+    app.version("receive ready serve web serve v6 serve-unix api");
+    let (ok, _) = reload(sd);
+    assert!(!ok);
+    let line = failed_reload_line(sd, "generation 2");
+    assert!(
+        line.contains(&format!(
+            "admin (@{abstract_name}): no probe was accepted by generation 2"
+        )),
+        "{line}"
+    );
+    for proven in ["web (", "v6 (", "api ("] {
+        assert!(!line.contains(proven), "{proven} was proven: {line}");
+    }
+    // The one that serves all four takes over.
+    app.version(all);
+    let (ok, _) = reload(sd);
+    assert!(ok);
+    let starts = app.starts();
+    assert_eq!(starts.len(), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    wait_gone(&starts[0]);
+    assert_eq!(answer(port), format!("pid {}", starts[2]));
+    // The Unix listeners are the new program's too.
+    let mut line = String::new();
+    use std::io::BufRead;
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), format!("pid {}", starts[2]));
+}
+
+// ----- http:, with the example HTTP server -----
+
+/// app.service running hello_http under fdstore-exec with `options`; the
+/// script holds the server's own options, so that a test can deploy a new
+/// version.
+struct HttpApp {
+    port: u16,
+    script: PathBuf,
+    config: PathBuf,
+}
+
+impl HttpApp {
+    fn start(sd: &Systemd, options: &str) -> HttpApp {
+        let app = HttpApp {
+            port: free_port(),
+            script: sd.path("app.sh"),
+            config: sd.path("hello.conf"),
+        };
+        std::fs::write(&app.config, "hello\n").unwrap();
+        app.version("");
+        sd.install(&[(
+            "app.service",
+            &format!(
+                "[Service]\nType=notify\nFileDescriptorStoreMax=8\nTimeoutStartSec=20\nKillMode=mixed\n\
+                 ExecStart={fe} --listen http=tcp:127.0.0.1:{} {options} -- {}\n\
+                 ExecReload={fe} reload\n",
+                app.port,
+                app.script.display(),
+                fe = fdstore_exec(),
+            ),
+        )]);
+        sd.ok(&["start", "app.service"]);
+        app
+    }
+
+    fn version(&self, server_options: &str) {
+        write_script(
+            &self.script,
+            &format!(
+                "exec {} --config {} {server_options}",
+                example("hello_http").display(),
+                self.config.display()
+            ),
+        );
+    }
+}
+
+fn write_script(path: &Path, body: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn http_refuses_versions_that_do_not_accept_or_answer_badly(sd: &Systemd) {
+    let app = HttpApp::start(sd, "--ready http:/health --ready-timeout 2s");
+    let first = main_pid(sd);
+    let load = Load::start(app.port, Mode::NewConnection, 2);
+    app.version("--never-accept");
+    let (ok, _) = reload(sd);
+    assert!(!ok);
+    let line = failed_reload_line(sd, "generation 2");
+    assert!(
+        line.contains("(--ready http:/health: http (127.0.0.1:")
+            && line.contains("no probe was answered as expected by generation 2"),
+        "{line}"
+    );
+    // Accepts, but is not healthy: its own answer is judged.
+    app.version("--health-status 503");
+    let (ok, _) = reload(sd);
+    assert!(!ok);
+    let line = failed_reload_line(sd, "status 503");
+    assert!(
+        line.contains("GET /health was answered with status 503, not a 2xx status"),
+        "{line}"
+    );
+    assert_eq!(main_pid(sd), first);
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{:?}", report.examples);
+    // The unhealthy version served real clients while it was checked (it
+    // accepts on the shared listener); once refused, it is gone.
+    let after = Load::start(app.port, Mode::NewConnection, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = after.stop();
+    assert_eq!(after.failed(), 0, "{:?}", after.examples);
+    assert_eq!(
+        after.bodies.len(),
+        1,
+        "only the first version serves: {:?}",
+        after.bodies
+    );
+    assert!(report.bodies.is_superset(&after.bodies));
+}
+
+fn http_waits_for_a_version_that_accepts_late(sd: &Systemd) {
+    let app = HttpApp::start(sd, "--ready http:/health,200 --ready-timeout 20s");
+    let first = main_pid(sd);
+    let load = Load::start(app.port, Mode::NewConnection, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    app.version("--accept-after 2000");
+    let (ok, took) = reload(sd);
+    assert!(ok);
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(last_reload_ms(sd) >= 2000);
+    assert_ne!(main_pid(sd), first);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{:?}", report.examples);
+    assert_eq!(
+        report.bodies.len(),
+        2,
+        "both versions served: {:?}",
+        report.bodies
+    );
+}
+
+// ----- notify+accept, with a real gunicorn -----
+
+/// app.service: gunicorn (sync workers) under fdstore-exec
+/// `--ready notify+accept`; the application module is rewritten for each
+/// version. The arbiter says READY=1 before its workers import it.
+struct Gunicorn {
+    port: u16,
+    module: PathBuf,
+}
+
+impl Gunicorn {
+    fn start(sd: &Systemd) -> Gunicorn {
+        let dir = sd.path("gunicorn-app");
+        std::fs::create_dir_all(&dir).unwrap();
+        let app = Gunicorn {
+            port: free_port(),
+            module: dir.join("app.py"),
+        };
+        app.version("");
+        sd.install(&[(
+            "app.service",
+            &format!(
+                "[Service]\nType=notify\nFileDescriptorStoreMax=8\nTimeoutStartSec=30\nKillMode=mixed\n\
+                 ExecStart={fe} --listen http=tcp:127.0.0.1:{} --ready notify+accept --ready-timeout 15s \
+                 -- /usr/bin/python3 -m gunicorn --workers 2 --chdir {} --graceful-timeout 10 app:application\n\
+                 ExecReload={fe} reload\n",
+                app.port,
+                dir.display(),
+                fe = fdstore_exec(),
+            ),
+        )]);
+        sd.ok(&["start", "app.service"]);
+        app
+    }
+
+    /// A new application module; `prelude` runs when a worker imports it.
+    fn version(&self, prelude: &str) {
+        let text = format!(
+            "import os, time\n{prelude}\n\
+             def application(environ, start_response):\n\
+             \x20   body = ('hello from arbiter %d\\n' % os.getppid()).encode()\n\
+             \x20   start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n\
+             \x20   return [body]\n"
+        );
+        let tmp = self.module.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.module).unwrap();
+        // No stale bytecode of the previous version.
+        let _ = std::fs::remove_dir_all(self.module.with_file_name("__pycache__"));
+    }
+}
+
+fn gunicorn_is_judged_by_its_workers_not_by_its_arbiter(sd: &Systemd) {
+    let app = Gunicorn::start(sd);
+    let first = main_pid(sd);
+    let load = Load::start(app.port, Mode::NewConnection, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    // Workers that take 2 s to load the application: the arbiter's early
+    // READY=1 does not hand over.
+    app.version("time.sleep(2)");
+    let (ok, took) = reload(sd);
+    assert!(ok, "{}", sd.journal_tail(30));
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(last_reload_ms(sd) >= 2000);
+    let second = main_pid(sd);
+    assert_ne!(second, first);
+    // A broken application: the arbiter says READY=1, its workers fail to
+    // boot, and gunicorn gives up: the reload fails, the old one serves.
+    app.version("raise RuntimeError('a broken release')");
+    let (ok, _) = reload(sd);
+    assert!(!ok, "a broken application must not take over");
+    let line = failed_reload_line(sd, "generation 3");
+    assert!(line.contains("before it was ready"), "{line}");
+    assert_eq!(main_pid(sd), second);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{:?}", report.examples);
+    assert!(report.ok > 20, "{report:?}");
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+    sd.ok(&["stop", "app.service"]);
+    assert_eq!(sd.show("app.service", "Result"), "success");
+}
+
+// ----- command: -----
+
+fn command_checks_know_the_program_and_its_generation(sd: &Systemd) {
+    let seen = sd.path("checked");
+    let (_port, app) = start_app(
+        sd,
+        "receive serve web ready",
+        &format!(
+            "--ready 'notify+command:echo \"$FDSTORE_READY_PID $FDSTORE_READY_GENERATION\" >> {}'",
+            seen.display()
+        ),
+        "",
+    );
+    sd.ok(&["reload", "app.service"]);
+    sd.ok(&["reload", "app.service"]);
+    let starts = app.starts();
+    let lines: Vec<String> = std::fs::read_to_string(&seen)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| format!("{pid} {}", i + 1))
+        .collect();
+    assert_eq!(lines, expected);
+}
+
+/// Issue 14, point 15: a check command that takes long must not hold up
+/// fdstore-exec: a stop during it is as quick as any other.
+fn a_stop_during_a_slow_check_command_is_prompt(sd: &Systemd) {
+    let marker = sd.path("check-running");
+    let app = App::new(sd);
+    app.version("receive serve web");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!(
+                "--listen web=tcp:127.0.0.1:{} --ready 'command:touch {}; sleep 20'",
+                free_port(),
+                marker.display()
+            ),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "--no-block", "app.service"]);
+    wait_for("the check command to run", Duration::from_secs(20), || {
+        marker.exists().then_some(())
+    });
+    let t = Instant::now();
+    sd.ok(&["stop", "app.service"]);
+    let took = t.elapsed();
+    // Before, the loop sat in the check for up to 5 s.
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+    assert_eq!(sd.show("app.service", "ActiveState"), "inactive");
+    assert_eq!(report_lines(&app.report, "stopped").len(), 1);
+}
+
+on_each_systemd!(
+    accept_refuses_a_new_version_that_never_accepts,
+    accept_waits_for_a_new_version_that_accepts_late,
+    accept_probes_tcp_v4_v6_unix_and_abstract_listeners,
+    http_refuses_versions_that_do_not_accept_or_answer_badly,
+    http_waits_for_a_version_that_accepts_late,
+    gunicorn_is_judged_by_its_workers_not_by_its_arbiter,
+    command_checks_know_the_program_and_its_generation,
+    a_stop_during_a_slow_check_command_is_prompt,
+);
