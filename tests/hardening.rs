@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::app::{alive, fdstore_exec, main_pid};
+use support::app::{alive, fdstore_exec, main_pid, unit, wait_gone, App};
 use support::systemd::run_with_timeout;
 use support::{answer, free_port, probe, report_lines, wait_for, Systemd};
 
@@ -311,4 +311,73 @@ fn a_drain_ends_workers_that_outlive_their_master(sd: &Systemd) {
     sd.ok(&["stop", "app.service"]);
 }
 
-on_each_systemd!(a_drain_ends_workers_that_outlive_their_master);
+/// Point 6: a listener removed from the listener file, with a second
+/// reload overlapping the first one's drain. The generation that retired it
+/// used to remove it from the fd store only when its predecessor was gone,
+/// by which time it was no longer the main process: the manager dropped
+/// `FDSTOREREMOVE`, the log claimed success, the port kept accepting
+/// connections nobody answered, and a restart brought the listener back.
+fn a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain(sd: &Systemd) {
+    let (web, removed) = (free_port(), free_port());
+    let app = App::new(sd);
+    let file = sd.path("listeners");
+    std::fs::write(
+        &file,
+        format!("web=tcp:127.0.0.1:{web}\nold=tcp:127.0.0.1:{removed}\n"),
+    )
+    .unwrap();
+    // Ignoring SIGTERM, every old generation drains for the full 3 s.
+    app.version("receive serve web ready ignore-stop");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!("--listen-file {} --drain-timeout 3s", file.display()),
+            // The program ignores SIGTERM: the restart at the end kills it.
+            "TimeoutStopSec=2\n",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", removed)).is_ok());
+    std::fs::write(&file, format!("web=tcp:127.0.0.1:{web}\n")).unwrap();
+    sd.ok(&["reload", "app.service"]);
+    // Generation 1 still drains when generation 3 takes over.
+    sd.ok(&["reload", "app.service"]);
+    let starts = app.starts();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    wait_gone(&starts[0]);
+    wait_gone(&starts[1]);
+    wait_for(
+        &format!("port {removed} to refuse connections"),
+        Duration::from_secs(10),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", removed))
+                .is_err()
+                .then_some(())
+        },
+    );
+    assert_eq!(answer(web), format!("pid {}", starts[2]));
+    let journal = sd.journal();
+    assert!(
+        !journal.contains("reception only permitted for main PID"),
+        "a notification went to the manager from a process that was not the main one:\n{journal}"
+    );
+    // A restart passes only what is left in the store.
+    sd.ok(&["restart", "app.service"]);
+    let restarted = format!("start pid {}", app.starts().last().unwrap());
+    let after_restart: Vec<String> = std::fs::read_to_string(&app.report)
+        .unwrap()
+        .lines()
+        .skip_while(|l| *l != restarted)
+        .filter(|l| l.starts_with("fd "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(after_restart.len(), 1, "{after_restart:?}");
+    assert!(after_restart[0].starts_with("fd web "), "{after_restart:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", removed)).is_err());
+}
+
+on_each_systemd!(
+    a_drain_ends_workers_that_outlive_their_master,
+    a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain,
+);

@@ -23,8 +23,9 @@ pub(crate) struct ListenerSet {
     /// Names created by this generation that are not yet in the fd store
     /// (a new generation may store only once it is the main process).
     pub unstored: Vec<String>,
-    /// Listeners the configuration no longer names: kept open until the old
-    /// generation is gone, then closed and removed from the fd store.
+    /// Listeners the configuration no longer names: kept open until this
+    /// generation is the main process, then closed and removed from the fd
+    /// store (only the main process may remove them).
     pub retired: Vec<NamedFd>,
 }
 
@@ -96,7 +97,7 @@ pub(crate) fn gather(
             None if previously_managed.iter().any(|n| n == fd.name()) => {
                 info!(
                     name = fd.name(),
-                    "listener removed from the configuration; it closes when the old generation is gone"
+                    "listener removed from the configuration; it is closed and removed from the fd store once this generation is the main process"
                 );
                 set.retired.push(fd);
                 continue;

@@ -1206,7 +1206,6 @@ impl<'c> Supervisor<'c> {
                 }
                 (None, _) => {
                     self.predecessor = None;
-                    self.retire_listeners();
                     return Ok(None);
                 }
                 (Some(other), _) => debug!(?other, "unexpected message from the old generation"),
@@ -1232,6 +1231,7 @@ impl<'c> Supervisor<'c> {
         for message in std::mem::take(&mut self.queued) {
             self.relay_to_manager(&message);
         }
+        self.retire_listeners();
         self.open_control();
         if let Some(channel) = &self.predecessor {
             let _ = channel.send(&Message::Done);
@@ -1242,7 +1242,19 @@ impl<'c> Supervisor<'c> {
         );
     }
 
+    /// Closes the listeners the configuration no longer names and removes
+    /// them from the fd store. Only the main process may: the manager drops
+    /// `FDSTOREREMOVE=1` from any other (and a later reload may make this
+    /// generation an old one before its predecessor is gone), so this runs
+    /// as soon as the generation is main. The old generation's program keeps
+    /// its own copy until it has drained.
     fn retire_listeners(&mut self) {
+        if self.role != Role::Main {
+            if !self.listeners.retired.is_empty() {
+                warn!("removed listeners can be taken out of the fd store only by the main process; they stay until the next reload or restart");
+            }
+            return;
+        }
         for fd in std::mem::take(&mut self.listeners.retired) {
             match self.notifier.remove_fds(fd.name()) {
                 Ok(_) => info!(

@@ -110,7 +110,8 @@ pub struct RunArgs {
     /// A file of listener specs, one NAME=KIND:ADDRESS[,OPTION]... per line
     /// (# starts a comment). Read again at every reload: added listeners
     /// appear in the new generation, removed ones are closed and removed
-    /// from the fd store once the old generation is gone. It must be a
+    /// from the fd store as soon as the new generation is the main process
+    /// (the old one keeps its copy while it drains). It must be a
     /// regular file of at most 1 MiB.
     #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
     pub listen_file: Option<PathBuf>,
