@@ -66,6 +66,9 @@ fn shipped_units_pass_systemd_analyze_verify(version: Version) {
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("units"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            // Units only: the directory also holds configuration files the
+            // recipes use (lighttpd-fdstore.conf).
+            .filter(|n| n.ends_with(".service") || n.ends_with(".socket"))
             .collect();
     names.sort();
     assert!(names.len() >= 5, "{names:?}");

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod load;
 pub mod ports;
+pub mod servers;
 pub mod systemd;
 
 pub use ports::free_port;
