@@ -52,6 +52,41 @@ fn a_bad_readiness_mode_exits_64() {
 }
 
 #[test]
+fn a_bad_readiness_combination_exits_64_quoting_the_bad_part() {
+    for (mode, said) in [
+        ("notify+acept", "\"acept\" is not a readiness check"),
+        ("http:health", "\"http:health\": the path must start with /"),
+        ("http:/health,999", "\"999\" is not an HTTP status"),
+        ("notify+notify", "notify is given twice"),
+        ("exec+accept", "exec means ready at once"),
+    ] {
+        let out = fdstore_exec(&["--ready", mode, "--", "/bin/true"]);
+        assert_eq!(out.status.code(), Some(64), "{mode}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{mode}: {err}");
+    }
+}
+
+#[test]
+fn a_probe_without_a_stream_listener_exits_64() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("dns=udp:127.0.0.1:{port}");
+    let out = fdstore_exec(&["--listen", &spec, "--ready", "accept", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--ready accept: the program has no stream listener (TCP or Unix) to probe among dns"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_program_is_required() {
     let out = fdstore_exec(&["--listen", "web=tcp:127.0.0.1:8080"]);
     assert_eq!(out.status.code(), Some(64));

@@ -184,6 +184,38 @@ fn accept_probes_tcp_v4_v6_unix_and_abstract_listeners(sd: &Systemd) {
     assert_eq!(line.trim(), format!("pid {}", starts[2]));
 }
 
+/// Hardened units restrict socket families: the probes' sock_diag socket
+/// needs AF_NETLINK, and the start says so rather than hanging.
+fn accept_under_restricted_address_families_says_what_to_allow(sd: &Systemd) {
+    let app = App::new(sd);
+    app.version("receive serve web");
+    let options = format!("--listen web=tcp:127.0.0.1:{} --ready accept", free_port());
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &options,
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n",
+        ),
+    )]);
+    let out = sd.systemctl(&["start", "app.service"]);
+    assert!(!out.status.success(), "the start must fail");
+    sd.wait_for_journal("a unit with RestrictAddressFamilies= must allow AF_NETLINK too");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &options,
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
+        ),
+    )]);
+    sd.ok(&["reset-failed", "app.service"]);
+    sd.ok(&["start", "app.service"]);
+    sd.ok(&["reload", "app.service"]);
+    // The refused start never ran the program.
+    assert_eq!(app.starts().len(), 2);
+}
+
 // ----- http:, with the example HTTP server -----
 
 /// app.service running hello_http under fdstore-exec with `options`; the
@@ -447,6 +479,7 @@ on_each_systemd!(
     accept_refuses_a_new_version_that_never_accepts,
     accept_waits_for_a_new_version_that_accepts_late,
     accept_probes_tcp_v4_v6_unix_and_abstract_listeners,
+    accept_under_restricted_address_families_says_what_to_allow,
     http_refuses_versions_that_do_not_accept_or_answer_badly,
     http_waits_for_a_version_that_accepts_late,
     gunicorn_is_judged_by_its_workers_not_by_its_arbiter,

@@ -46,6 +46,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// the first [`HEAD_MAX`] bytes, and the rest is read (and dropped) up to
 /// [`BODY_MAX`] so that closing does not reset the connection.
 const HEAD_MAX: usize = 4096;
+/// How long the end of an answer is awaited once its status is in (a server
+/// that ignores `Connection: close` is judged by its status all the same).
+const END_WAIT: Duration = Duration::from_secs(1);
 const BODY_MAX: usize = 64 * 1024;
 
 /// Where a probe connects.
@@ -165,12 +168,14 @@ enum Phase {
     Queued { since: Instant },
     /// Accepted by this generation: the request is sent and the answer read.
     Answering {
-        since: Instant,
         answer: Vec<u8>,
         /// The status once the status line is in.
         status: Option<u16>,
         /// Bytes read so far.
         read: usize,
+        /// The end of the wait: the answer timeout, then, once the status
+        /// is in, [`END_WAIT`] for the server to close.
+        deadline: Instant,
     },
 }
 
@@ -216,7 +221,7 @@ impl Target {
         Some(match &self.attempt {
             None => self.next_try,
             Some(a) => match &a.phase {
-                Phase::Answering { since, .. } => (*since + ANSWER_TIMEOUT).min(a.next_look),
+                Phase::Answering { deadline, .. } => (*deadline).min(a.next_look),
                 _ => a.next_look,
             },
         })
@@ -469,17 +474,17 @@ impl Attempt {
                     // No half-close after it: some servers take the end of
                     // the request stream for a client that went away.
                     self.phase = Phase::Answering {
-                        since: now,
                         answer: Vec::new(),
                         status: None,
                         read: 0,
+                        deadline: now + ANSWER_TIMEOUT,
                     };
                 }
                 Phase::Answering {
-                    since,
                     answer,
                     status,
                     read,
+                    deadline,
                 } => {
                     let http = http.expect("only http: probes answer");
                     let mut buffer = [0u8; 4096];
@@ -499,7 +504,10 @@ impl Attempt {
                                 if status.is_none() {
                                     answer.extend_from_slice(&buffer[..n]);
                                     match status_of(answer) {
-                                        Ok(Some(code)) => *status = Some(code),
+                                        Ok(Some(code)) => {
+                                            *status = Some(code);
+                                            *deadline = (*deadline).min(now + END_WAIT);
+                                        }
                                         Ok(None) if answer.len() < HEAD_MAX => {}
                                         Ok(None) | Err(()) => {
                                             return Step::Retry(Some(format!(
@@ -525,7 +533,7 @@ impl Attempt {
                             }
                         }
                     }
-                    if now >= *since + ANSWER_TIMEOUT {
+                    if now >= *deadline {
                         return match status {
                             Some(code) => judge(http, *code),
                             None => Step::Retry(Some(format!(
@@ -534,8 +542,8 @@ impl Attempt {
                             ))),
                         };
                     }
-                    // Woken by the socket; the timer is the answer timeout.
-                    self.next_look = *since + ANSWER_TIMEOUT;
+                    // Woken by the socket; the timer is the deadline.
+                    self.next_look = *deadline;
                     return Step::Wait;
                 }
             }
