@@ -168,6 +168,16 @@ fn numeric_arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T
     })
 }
 
+/// `--ready MODE ` for the fdstore-exec scenarios from `FDSTORE_BENCH_READY`
+/// (for example `http:/`), to measure what a readiness proof costs; empty
+/// for the default (`notify`).
+fn ready_option() -> String {
+    match std::env::var("FDSTORE_BENCH_READY") {
+        Ok(mode) if !mode.is_empty() => format!("--ready '{mode}' "),
+        _ => String::new(),
+    }
+}
+
 /// Load clients per mode: the defaults, or `FDSTORE_BENCH_CLIENTS` (the
 /// same count for both modes; 0 measures reloads with no load at all).
 fn clients() -> (usize, usize) {
@@ -187,6 +197,7 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
     let fe = paths.fdstore_exec.display();
     let server = paths.server.display();
     let config = config.display();
+    let ready = ready_option();
     let common = "Type=notify\nKillMode=mixed\nTimeoutStartSec=30\nTimeoutStopSec=20\n";
     // Hundreds of restarts: without this, the default start limit (5 starts
     // in 10 s) fails the unit, which also empties its fd store.
@@ -200,7 +211,7 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
                 "bench.service".into(),
                 format!(
                     "{unit}Requires=bench.socket\nAfter=bench.socket\n[Service]\n{common}FileDescriptorStoreMax=16\n\
-                     ExecStart={fe} --drain-timeout 10s -- {server} --config {config}\nExecReload={fe} reload\n"
+                     ExecStart={fe} {ready}--drain-timeout 10s -- {server} --config {config}\nExecReload={fe} reload\n"
                 ),
             ),
         ],
@@ -219,7 +230,7 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
                 "bench.service".into(),
                 format!(
                     "{unit}[Service]\n{common}{restart}FileDescriptorStoreMax=16\n\
-                     ExecStart={fe} {mode}--listen http=tcp:127.0.0.1:{port},backlog=4096 --drain-timeout 10s -- {server} --config {config}\n\
+                     ExecStart={fe} {mode}{ready}--listen http=tcp:127.0.0.1:{port},backlog=4096 --drain-timeout 10s -- {server} --config {config}\n\
                      ExecReload={fe} reload\n"
                 ),
             )]
