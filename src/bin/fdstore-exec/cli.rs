@@ -99,7 +99,9 @@ pub struct RunArgs {
     /// workers accept (gunicorn). During a reload both generations share the
     /// listeners and the old one is accepting: a check that merely connects
     /// (command:curl http://127.0.0.1:8080/health) is answered by the old
-    /// generation and proves nothing; accept and http: prove the new one.
+    /// generation and proves nothing. Only accept and http: prove that the
+    /// new generation accepts; notify, exec, delay: and command: trust the
+    /// program, the clock or the command.
     #[arg(long, value_name = "MODE", default_value = "notify", value_parser = parse_ready)]
     pub ready: ReadyMode,
 
