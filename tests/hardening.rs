@@ -377,7 +377,82 @@ fn a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain(sd: &S
     assert!(std::net::TcpStream::connect(("127.0.0.1", removed)).is_err());
 }
 
+/// A careless program: it answers `pid PID` on the listener at fd 3 and,
+/// on SIGTERM, shuts the listener down (`shutdown(2)`) before exiting.
+const SHUTS_DOWN: &str = "import os, signal, socket, sys, time
+listener = socket.socket(fileno=3)
+def stop(*_):
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+with open(sys.argv[1], 'a') as report:
+    report.write('serving %d\\n' % os.getpid())
+while True:
+    try:
+        connection, _ = listener.accept()
+    except OSError:
+        # A dead listener (EINVAL): a sturdy server keeps running.
+        time.sleep(0.05)
+        continue
+    connection.sendall(b'pid %d\\n' % os.getpid())
+    connection.close()
+";
+
+/// Point 14: a program that shuts its listener down while draining kills
+/// the shared socket for the next generation. That cannot be undone; the
+/// new main process reports it (journal and status) once the old
+/// generation is gone, and a restart creates the listener again instead of
+/// taking the dead one back from the fd store.
+fn a_listener_shut_down_by_the_old_program_is_reported_and_a_restart_recreates_it(sd: &Systemd) {
+    let port = free_port();
+    let report = sd.path("report");
+    let program = sd.path("shuts_down.py");
+    std::fs::write(&program, SHUTS_DOWN).unwrap();
+    sd.install(&[(
+        "app.service",
+        &format!(
+            "[Service]\nType=notify\nFileDescriptorStoreMax=8\nKillMode=mixed\n\
+             ExecStart={fe} --listen web=tcp:127.0.0.1:{port} --ready exec -- /usr/bin/python3 {} {}\n\
+             ExecReload={fe} reload\n",
+            program.display(),
+            report.display(),
+            fe = fdstore_exec(),
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let serving = |n: usize| {
+        wait_for(&format!("program {n}"), Duration::from_secs(20), || {
+            let lines = report_lines(&report, "serving ");
+            (lines.len() >= n).then(|| lines[n - 1]["serving ".len()..].to_owned())
+        })
+    };
+    let first = serving(1);
+    assert_eq!(answer(port), format!("pid {first}"));
+    sd.ok(&["reload", "app.service"]);
+    serving(2);
+    wait_gone(&first);
+    sd.wait_for_journal("no longer listen: the old generation's program shut them down");
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.contains("listener(s) web shut down by the old program: restart the unit"),
+        "{status}"
+    );
+    // What the hazard is: the shared socket is dead.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // The fix the report names works.
+    sd.ok(&["restart", "app.service"]);
+    let third = serving(3);
+    assert_eq!(answer(port), format!("pid {third}"));
+    // The manager dropped the dead socket from the fd store itself (it
+    // watches stored listeners for POLLHUP); fdstore-exec replaces one it
+    // would still get back (listeners::no_longer_listening).
+}
+
 on_each_systemd!(
+    a_listener_shut_down_by_the_old_program_is_reported_and_a_restart_recreates_it,
     a_drain_ends_workers_that_outlive_their_master,
     a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain,
 );

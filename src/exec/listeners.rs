@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use super::config::{fail, sysexits, ExecError};
 use super::limits::{ensure_descriptor_room, needed_for};
 use super::listen_file::read_listen_file;
+use crate::kind::FdKind;
 use crate::listen::{ListenFds, NamedFd};
 use crate::notify::{FdPoll, Notifier};
 use crate::spec::ListenerSpec;
@@ -76,6 +77,23 @@ pub(crate) fn gather(
     for fd in received {
         let spec = specs.iter().find(|s| s.name() == fd.name());
         match spec {
+            Some(spec) if is_main && no_longer_listening(&fd) => {
+                // A program shut it down (shutdown(2)) while draining: the
+                // socket is dead for everyone. The main process may replace
+                // it: out of the fd store, and created again below.
+                warn!(
+                    name = fd.name(),
+                    "the listener {:?} from the fd store no longer listens (a program shut it down); creating {spec} again",
+                    fd.name()
+                );
+                if let Err(e) = notifier.remove_fds(fd.name()) {
+                    warn!(
+                        name = fd.name(),
+                        "removing the dead listener from the fd store: {e}"
+                    );
+                }
+                continue;
+            }
             Some(spec) => {
                 if let Some(problem) = spec.mismatch(&fd) {
                     if !is_main {
@@ -145,6 +163,26 @@ fn order_key<'a>(name: &'a str, specs: &[ListenerSpec]) -> (usize, &'a str) {
     }
 }
 
+/// Whether a descriptor that should be a listener is a stream socket that no
+/// longer listens: `shutdown(2)` on a listening socket ends listening for
+/// every process that shares it (`SO_ACCEPTCONN` reads 0 from then on).
+pub(crate) fn no_longer_listening(fd: &NamedFd) -> bool {
+    matches!(
+        fd.kind(),
+        Ok(FdKind::TcpStream | FdKind::UnixStream | FdKind::UnixSeqpacket)
+    )
+}
+
+/// The names of `listeners` that no longer listen (see
+/// [`no_longer_listening`]).
+pub(crate) fn dead_listeners(listeners: &[NamedFd]) -> Vec<&str> {
+    listeners
+        .iter()
+        .filter(|fd| no_longer_listening(fd))
+        .map(NamedFd::name)
+        .collect()
+}
+
 /// Fails when the manager said (`$FDSTORE`, systemd 254+) that the unit's fd
 /// store cannot hold every listener created from `specs`: they would not
 /// survive a crash or restart. Older managers do not say; they drop what
@@ -181,8 +219,23 @@ pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
 
 #[cfg(test)]
 mod tests {
-    use super::{fd_store_too_small, order_key};
+    use super::{dead_listeners, fd_store_too_small, no_longer_listening, order_key};
+    use crate::listen::NamedFd;
     use crate::spec::ListenerSpec;
+
+    #[test]
+    fn a_shut_down_listener_is_dead_for_every_copy() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let copy = NamedFd::new("web", listener.try_clone().unwrap().into());
+        let other = NamedFd::new(
+            "api",
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().into(),
+        );
+        assert!(!no_longer_listening(&copy));
+        rustix::net::shutdown(&listener, rustix::net::Shutdown::Both).unwrap();
+        assert!(no_longer_listening(&copy));
+        assert_eq!(dead_listeners(&[copy, other]), ["web"]);
+    }
 
     #[test]
     fn specs_come_first_in_their_order_then_other_names_sorted() {

@@ -853,7 +853,16 @@ impl<'c> Supervisor<'c> {
             } else {
                 "before it was ready"
             };
-            error!(pid = g.pid(), "the program {described} {when}");
+            let dead = super::listeners::dead_listeners(&self.listeners.active);
+            if dead.is_empty() {
+                error!(pid = g.pid(), "the program {described} {when}");
+            } else {
+                error!(
+                    pid = g.pid(),
+                    "the program {described} {when}; listener(s) {} no longer listen: a program shut them down (shutdown(2)), which ends a socket for every process sharing it",
+                    dead.join(", ")
+                );
+            }
             let _ = self.notifier.status(&format!(
                 "generation {} (pid {}) {described} {when}",
                 g.number,
@@ -1206,6 +1215,7 @@ impl<'c> Supervisor<'c> {
                 }
                 (None, _) => {
                     self.predecessor = None;
+                    self.check_listeners_after_drain();
                     return Ok(None);
                 }
                 (Some(other), _) => debug!(?other, "unexpected message from the old generation"),
@@ -1240,6 +1250,28 @@ impl<'c> Supervisor<'c> {
             pid = std::process::id(),
             "generation {} is the main process", self.generation.number
         );
+    }
+
+    /// Once the old generation is gone: a listener that no longer listens
+    /// was shut down (`shutdown(2)`) by the old program while it drained,
+    /// which ends it for this generation too. Nothing can revive that
+    /// socket; say so in the journal and the status, with the fix.
+    fn check_listeners_after_drain(&mut self) {
+        let dead = super::listeners::dead_listeners(&self.listeners.active);
+        if dead.is_empty() {
+            return;
+        }
+        let names = dead.join(", ");
+        error!(
+            listeners = %names,
+            "listener(s) {names} no longer listen: the old generation's program shut them down (shutdown(2)) while draining, which ends a socket for every process sharing it; restart the unit to create them again (systemctl restart), and make the program close its listeners instead of shutting them down"
+        );
+        let note = format!("listener(s) {names} shut down by the old program: restart the unit");
+        self.last_reload = Some(match self.last_reload.take() {
+            Some(before) => format!("{before}; {note}"),
+            None => note,
+        });
+        self.update_status();
     }
 
     /// Closes the listeners the configuration no longer names and removes
