@@ -29,7 +29,7 @@ _fdstore__exec() {
 
     case "${cmd}" in
         fdstore__exec)
-            opts="-h -V --listen --ready --ready-timeout --listen-file --mode --drain-signal --reload-signal --forward-signal --drain-timeout --help --version reload status"
+            opts="-h -V --listen --ready --ready-timeout --listen-file --mode --drain-signal --reload-signal --forward-signal --drain-timeout --max-generations --at-max-generations --help --version reload status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -80,6 +80,14 @@ _fdstore__exec() {
                     ;;
                 --drain-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-generations)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at-max-generations)
+                    COMPREPLY=($(compgen -W "refuse kill-oldest" -- "${cur}"))
                     return 0
                     ;;
                 *)

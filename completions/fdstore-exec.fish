@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_fdstore_exec_global_optspecs
-    string join \n listen= ready= ready-timeout= listen-file= mode= drain-signal= reload-signal= forward-signal= drain-timeout= h/help V/version
+    string join \n listen= ready= ready-timeout= listen-file= mode= drain-signal= reload-signal= forward-signal= drain-timeout= max-generations= at-max-generations= h/help V/version
 end
 
 function __fish_fdstore_exec_needs_command
@@ -34,6 +34,9 @@ complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-signal 
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l reload-signal -d 'The signal that starts a reload by hand-over, as `systemctl reload` sends it with Type=notify-reload (set ReloadSignal= to the same signal), or none: only `fdstore-exec reload` reloads, and SIGHUP reaches the program. In --mode restart it is passed to the program' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l forward-signal -d 'A signal to pass on to the program unchanged, for example SIGWINCH or SIGTTIN. SIGHUP, SIGUSR1 and SIGUSR2 are passed on anyway, unless one is the --reload-signal; SIGTERM, SIGINT and SIGQUIT always are, and stop fdstore-exec with the program. Repeat for several. Send them to fdstore-exec with `systemctl kill --kill-whom=main --signal=SIGNAL`' -r
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l drain-timeout -d 'How long the old generation may drain before it is killed (SIGKILL)' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l max-generations -d 'How many generations may be alive at once: the serving one, those still draining after a hand-over, and the one a reload starts (at least 2). Clients that keep idle connections open hold a draining generation until --drain-timeout; this bounds how many pile up when reloads come quickly' -r
+complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -l at-max-generations -d 'What a reload does when a new generation would exceed --max-generations: kill-oldest ends the oldest draining generations first (their programs are killed, as at --drain-timeout, which the journal says); refuse fails the reload as busy (`fdstore-exec reload` exits 75) and the serving generation keeps serving' -r -f -a "refuse\t''
+kill-oldest\t''"
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -s V -l version -d 'Print version'
 complete -c fdstore-exec -n "__fish_fdstore_exec_needs_command" -a "reload" -d 'Hand the listeners over to a new generation and wait for the outcome'

@@ -20,7 +20,9 @@
 //! - On SIGTERM it drains: it stops accepting (queued connections stay on the
 //!   shared listener for the next generation), answers the next request on
 //!   every open keep-alive connection with `Connection: close`, closes
-//!   connections idle for a second, and exits when none are left.
+//!   connections idle for a second (`--drain-idle DURATION`: longer, as a
+//!   server that waits for idle keep-alive clients would), and exits when
+//!   none are left (after 30 s at most).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,7 +34,7 @@ use fdstore::{ListenFds, Notification, Notifier, UnsetEnv};
 use nix::sys::signal::{SigSet, Signal};
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
-/// How long a keep-alive connection may be idle while draining.
+/// How long a keep-alive connection may be idle while draining, by default.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// How often blocked reads and accepts look at the drain flag.
 const TICK: Duration = Duration::from_millis(50);
@@ -63,6 +65,14 @@ fn main() {
             eprintln!("hello_http: cannot read {config}: {e}");
             std::process::exit(66);
         }
+    };
+    let drain_idle = match args.iter().position(|a| a == "--drain-idle") {
+        Some(i) => fdstore::parse_duration(args.get(i + 1).map(String::as_str).unwrap_or(""))
+            .unwrap_or_else(|e| {
+                eprintln!("hello_http: --drain-idle: {e}");
+                std::process::exit(64);
+            }),
+        None => DRAIN_IDLE,
     };
     let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
     let listener = match args.iter().position(|a| a == "--bind") {
@@ -110,7 +120,7 @@ fn main() {
             std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
         }
     }
-    accept_until_draining(&listener, &body, health, &open);
+    accept_until_draining(&listener, &body, health, &open, drain_idle);
     drop(listener);
     // Let open connections finish.
     let started = Instant::now();
@@ -150,6 +160,7 @@ fn accept_until_draining(
     body: &Arc<String>,
     health: u16,
     open: &Arc<AtomicUsize>,
+    drain_idle: Duration,
 ) {
     use rustix::event::{poll, PollFd, PollFlags};
     let tick = rustix::time::Timespec::try_from(TICK).expect("a small duration");
@@ -167,7 +178,7 @@ fn accept_until_draining(
                 let open = open.clone();
                 open.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &body, health);
+                    let _ = serve(stream, &body, health, drain_idle);
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -178,8 +189,8 @@ fn accept_until_draining(
 
 /// Serves one connection: keep-alive until the client closes, or until the
 /// first request after the drain began (answered with `Connection: close`),
-/// or an idle second while draining.
-fn serve(stream: TcpStream, body: &str, health: u16) -> std::io::Result<()> {
+/// or `drain_idle` without a request while draining.
+fn serve(stream: TcpStream, body: &str, health: u16, drain_idle: Duration) -> std::io::Result<()> {
     stream.set_read_timeout(Some(TICK))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -204,7 +215,7 @@ fn serve(stream: TcpStream, body: &str, health: u16) -> std::io::Result<()> {
                     request.push_str(&line);
                     if request.is_empty()
                         && DRAINING.load(Ordering::SeqCst)
-                        && idle_since.elapsed() >= DRAIN_IDLE
+                        && idle_since.elapsed() >= drain_idle
                     {
                         return Ok(());
                     }

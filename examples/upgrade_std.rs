@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! upgrade_std [--listen NAME=tcp:ADDRESS:PORT] [--config FILE] [--drain-timeout DURATION]
+//!             [--drain-idle DURATION] [--max-generations N] [--at-max-generations refuse|kill-oldest]
 //! ```
 //!
 //! - The listener (default `http=tcp:127.0.0.1:8080`) is inherited from
@@ -17,8 +18,12 @@
 //! - `GET /upgrade` calls [`Upgrader::upgrade`] and answers with the
 //!   outcome (an upgrade triggered by the program itself).
 //! - On the drain notice it stops accepting, answers the next request on
-//!   each keep-alive connection with `Connection: close`, and exits when its
-//!   connections are done; the upgrader ends it at the deadline otherwise.
+//!   each keep-alive connection with `Connection: close`, closes connections
+//!   idle for a second (`--drain-idle`), and exits when its connections are
+//!   done; the upgrader ends it at the deadline otherwise.
+//! - `--max-generations` and `--at-max-generations` set
+//!   [`fdstore::UpgradeOptions::max_generations`] and
+//!   [`fdstore::UpgradeOptions::at_max_generations`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,13 +35,16 @@ use fdstore::{UpgradeOptions, Upgrader};
 
 /// How often blocked reads and accepts look at the drain notice.
 const TICK: Duration = Duration::from_millis(50);
-/// How long a keep-alive connection may be idle while draining.
+/// How long a keep-alive connection may be idle while draining, by default.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 struct Args {
     listen: String,
     config: Option<String>,
     drain_timeout: Option<Duration>,
+    drain_idle: Duration,
+    max_generations: Option<u32>,
+    at_max_generations: Option<fdstore::AtMaxGenerations>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +52,9 @@ fn parse_args() -> Result<Args, String> {
         listen: "http=tcp:127.0.0.1:8080".into(),
         config: None,
         drain_timeout: None,
+        drain_idle: DRAIN_IDLE,
+        max_generations: None,
+        at_max_generations: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -57,6 +68,18 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--drain-timeout: {e}"))?,
                 )
             }
+            "--drain-idle" => {
+                args.drain_idle =
+                    fdstore::parse_duration(&value()?).map_err(|e| format!("--drain-idle: {e}"))?
+            }
+            "--max-generations" => {
+                args.max_generations = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--max-generations needs a number".to_owned())?,
+                )
+            }
+            "--at-max-generations" => args.at_max_generations = Some(value()?.parse()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -73,12 +96,18 @@ fn main() {
         .with_ansi(false)
         .try_init();
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("upgrade_std: {e}\nusage: upgrade_std [--listen SPEC] [--config FILE] [--drain-timeout DURATION]");
+        eprintln!("upgrade_std: {e}\nusage: upgrade_std [--listen SPEC] [--config FILE] [--drain-timeout DURATION] [--drain-idle DURATION] [--max-generations N] [--at-max-generations refuse|kill-oldest]");
         std::process::exit(64);
     });
     let mut options = UpgradeOptions::default();
     if let Some(timeout) = args.drain_timeout {
         options = options.drain_timeout(timeout);
+    }
+    if let Some(max) = args.max_generations {
+        options = options.max_generations(max);
+    }
+    if let Some(choice) = args.at_max_generations {
+        options = options.at_max_generations(choice);
     }
     let upgrader = Upgrader::with_options(options).unwrap_or_else(|e| {
         eprintln!("upgrade_std: {e}");
@@ -125,7 +154,7 @@ fn main() {
     ));
     let open = Arc::new(AtomicUsize::new(0));
     let upgrader = Arc::new(upgrader);
-    accept_until_drained(&listener, &upgrader, &body, &open);
+    accept_until_drained(&listener, &upgrader, &body, &open, args.drain_idle);
     drop(listener);
     while open.load(Ordering::SeqCst) > 0 {
         std::thread::sleep(Duration::from_millis(10));
@@ -137,6 +166,7 @@ fn accept_until_drained(
     upgrader: &Arc<Upgrader>,
     body: &Arc<String>,
     open: &Arc<AtomicUsize>,
+    drain_idle: Duration,
 ) {
     let drain = upgrader.drain();
     use rustix::event::{poll, PollFd, PollFlags};
@@ -155,7 +185,7 @@ fn accept_until_drained(
         let (body, open, upgrader) = (body.clone(), open.clone(), upgrader.clone());
         open.fetch_add(1, Ordering::SeqCst);
         std::thread::spawn(move || {
-            let _ = serve(stream, &body, &upgrader);
+            let _ = serve(stream, &body, &upgrader, drain_idle);
             open.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -163,8 +193,13 @@ fn accept_until_drained(
 
 /// Serves one connection: keep-alive until the client closes, or until the
 /// first request after the drain notice (answered with `Connection:
-/// close`), or an idle second while draining.
-fn serve(stream: TcpStream, body: &str, upgrader: &Upgrader) -> std::io::Result<()> {
+/// close`), or `drain_idle` without a request while draining.
+fn serve(
+    stream: TcpStream,
+    body: &str,
+    upgrader: &Upgrader,
+    drain_idle: Duration,
+) -> std::io::Result<()> {
     let drain = upgrader.drain();
     stream.set_read_timeout(Some(TICK))?;
     let mut writer = stream.try_clone()?;
@@ -189,7 +224,7 @@ fn serve(stream: TcpStream, body: &str, upgrader: &Upgrader) -> std::io::Result<
                     request.push_str(&line);
                     if request.is_empty()
                         && drain.notice().is_some()
-                        && idle_since.elapsed() >= DRAIN_IDLE
+                        && idle_since.elapsed() >= drain_idle
                     {
                         return Ok(());
                     }

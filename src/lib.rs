@@ -54,6 +54,7 @@ mod upgrade;
 
 pub use bind::{BindError, DEFAULT_BACKLOG};
 pub use duration::parse_duration;
+pub use exec::AtMaxGenerations;
 pub use kind::{FdKind, WrongKind};
 pub use listen::{ListenError, ListenFds, NamedFd, UnsetEnv, LISTEN_FDS_START, UNKNOWN_NAME};
 pub use name::{check_fd_name, FD_NAME_MAX};

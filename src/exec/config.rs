@@ -153,6 +153,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Hand-over or plain restart.
     pub mode: Mode,
+    /// How many generations may be alive at once, and what a reload does at
+    /// the bound.
+    pub generations: super::GenerationBound,
     /// Which signal reloads and which are passed to the program.
     pub signals: SignalRoles,
     /// fdstore-exec's own arguments, to start the next generation with.

@@ -21,6 +21,7 @@
 //! | new → old | `FAILED REASON` | its program failed; it is going away |
 //! | old → new | `MAIN MILLISECONDS` | `MAINPID=` was sent and processed; the hand-over has taken this long |
 //! | new → old | `DONE` | it sent `READY=1` as the main process |
+//! | newer → old | `END` | a draining generation must end now, to make room within the bound on generations alive (see [`GenerationBound`](super::GenerationBound)) |
 //!
 //! Either side closing the channel early aborts the hand-over: the new
 //! generation stops its program and exits, the old one keeps serving.
@@ -36,10 +37,12 @@ use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 
+use super::generations::OlderGenerations;
 use crate::listen::{NamedFd, LISTEN_FDS_START};
 
 /// The environment variable that tells a new fdstore-exec it is taking over:
-/// `fd=N,generation=G,managed=NAME:NAME...`.
+/// `fd=N,generation=G,older=G1.G2...,managed=NAME:NAME...` (`older=` may be
+/// missing: a previous version of fdstore-exec did not pass it).
 pub const HANDOVER_ENV: &str = "FDSTORE_EXEC_HANDOVER";
 
 /// The hidden first argument of the intermediate process.
@@ -59,6 +62,9 @@ pub enum Message {
     Main(u64),
     /// The new main process has told the manager it is ready.
     Done,
+    /// To a draining generation: end now (the bound on generations alive
+    /// needs room for a new one).
+    End,
 }
 
 impl Message {
@@ -69,6 +75,7 @@ impl Message {
             Message::Failed(reason) => format!("FAILED {reason}"),
             Message::Main(ms) => format!("MAIN {ms}"),
             Message::Done => "DONE".into(),
+            Message::End => "END".into(),
         }
     }
 
@@ -80,6 +87,7 @@ impl Message {
             "FAILED" => Some(Message::Failed(rest.to_owned())),
             "MAIN" => rest.parse().ok().map(Message::Main),
             "DONE" => Some(Message::Done),
+            "END" => Some(Message::End),
             _ => None,
         }
     }
@@ -101,6 +109,13 @@ impl Channel {
             None,
         )?;
         Ok((Channel { socket: a }, Channel { socket: b }))
+    }
+
+    /// Another descriptor for the same end (close-on-exec).
+    pub fn try_clone(&self) -> io::Result<Channel> {
+        Ok(Channel {
+            socket: self.socket.try_clone()?,
+        })
     }
 
     /// Wraps an inherited descriptor.
@@ -153,6 +168,10 @@ pub struct Inheritance {
     pub fd: i32,
     /// The generation number of the new process.
     pub generation: u64,
+    /// The older generations still draining, oldest first, the predecessor
+    /// last: their channels follow the hand-over channel, at `fd + 1`, ...
+    /// (see [`GenerationBound`](super::GenerationBound)).
+    pub older: Vec<u64>,
     /// Names of listeners the predecessor created from specs (as opposed to
     /// those systemd passed from socket units).
     pub managed: Vec<String>,
@@ -161,10 +180,12 @@ pub struct Inheritance {
 impl Inheritance {
     /// Formats the variable's value.
     pub fn to_env(&self) -> String {
+        let older: Vec<String> = self.older.iter().map(u64::to_string).collect();
         format!(
-            "fd={},generation={},managed={}",
+            "fd={},generation={},older={},managed={}",
             self.fd,
             self.generation,
+            older.join("."),
             self.managed.join(":")
         )
     }
@@ -178,7 +199,16 @@ impl Inheritance {
         let (fd, rest) = rest.split_once(',').ok_or_else(bad)?;
         let rest = rest.strip_prefix("generation=").ok_or_else(bad)?;
         let (generation, rest) = rest.split_once(',').ok_or_else(bad)?;
+        let (older, rest) = match rest.strip_prefix("older=") {
+            Some(rest) => rest.split_once(',').ok_or_else(bad)?,
+            None => ("", rest),
+        };
         let managed = rest.strip_prefix("managed=").ok_or_else(bad)?;
+        let older: Vec<u64> = older
+            .split('.')
+            .filter(|g| !g.is_empty())
+            .map(|g| g.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
         let fd: i32 = fd.parse().map_err(|_| bad())?;
         if fd < LISTEN_FDS_START {
             return Err(bad());
@@ -186,6 +216,7 @@ impl Inheritance {
         Ok(Inheritance {
             fd,
             generation: generation.parse().map_err(|_| bad())?,
+            older,
             managed: managed
                 .split(':')
                 .filter(|n| !n.is_empty())
@@ -197,19 +228,22 @@ impl Inheritance {
 
 /// Starts the next generation: `fdstore_exec __spawn -- fdstore_exec __exec
 /// -- fdstore_exec ARGS...` with the listeners at 3, 4, ... and the channel
-/// after them. Returns the intermediate process, which the caller must reap
-/// (it exits as soon as it has started the new process).
-pub fn spawn_successor(
+/// after them, then the channels to the older generations still draining.
+/// Returns the intermediate process, which the caller must reap (it exits as
+/// soon as it has started the new process).
+pub(crate) fn spawn_successor(
     fdstore_exec: &Path,
     args: &[OsString],
     listeners: &[NamedFd],
     channel: Channel,
     generation: u64,
     managed: &[String],
+    older: &OlderGenerations,
 ) -> io::Result<Child> {
     let inheritance = Inheritance {
         fd: LISTEN_FDS_START + listeners.len() as i32,
         generation,
+        older: older.generations(),
         managed: managed.to_vec(),
     };
     let mut command = Command::new(fdstore_exec);
@@ -226,6 +260,7 @@ pub fn spawn_successor(
     super::program::pass_listeners(&mut command, listeners);
     let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
     fds.push(channel.as_fd());
+    fds.extend(older.channels());
     crate::sys::spawn::pass_fds(&mut command, &fds)?;
     command.spawn()
 }
@@ -343,6 +378,7 @@ mod tests {
             Message::Failed("app exited with status 1 before ready".into()),
             Message::Main(17),
             Message::Done,
+            Message::End,
         ] {
             assert_eq!(Message::parse(&m.to_text()), Some(m));
         }
@@ -354,16 +390,28 @@ mod tests {
     fn inheritance_round_trips() {
         let i = Inheritance {
             fd: 5,
-            generation: 3,
+            generation: 5,
+            older: vec![2, 4],
             managed: vec!["web".into(), "api v2".into()],
         };
         assert_eq!(Inheritance::parse(&i.to_env()), Ok(i));
         let none = Inheritance {
             fd: 3,
             generation: 2,
+            older: vec![],
             managed: vec![],
         };
         assert_eq!(Inheritance::parse(&none.to_env()), Ok(none));
+        // As a version without the bound on generations wrote it.
+        assert_eq!(
+            Inheritance::parse("fd=4,generation=2,managed=web"),
+            Ok(Inheritance {
+                fd: 4,
+                generation: 2,
+                older: vec![],
+                managed: vec!["web".into()],
+            })
+        );
     }
 
     #[test]
@@ -372,6 +420,8 @@ mod tests {
             "",
             "fd=1,generation=2,managed=",
             "fd=x,generation=2,managed=",
+            "fd=3,generation=2,older=1.x,managed=",
+            "fd=3,generation=2,older=1",
             "generation=2",
         ] {
             let e = Inheritance::parse(bad).unwrap_err();

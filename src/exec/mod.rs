@@ -15,6 +15,7 @@
 
 mod config;
 pub mod control;
+pub(crate) mod generations;
 pub mod handover;
 mod limits;
 mod listen_file;
@@ -27,6 +28,10 @@ mod supervise;
 pub use config::{
     sysexits, Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles, DEFAULT_FORWARDED,
     STOP_SIGNALS,
+};
+pub use generations::{
+    check_max as check_max_generations, AtMaxGenerations, GenerationBound, DEFAULT_MAX_GENERATIONS,
+    END_TIMEOUT, MIN_GENERATIONS,
 };
 pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};

@@ -31,6 +31,7 @@ use super::control::{
     busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
     Request,
 };
+use super::generations::OlderGenerations;
 use super::handover::{
     make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
 };
@@ -143,6 +144,7 @@ enum Source {
     Predecessor,
     /// A probe connection or a check command of the readiness checks.
     Readiness(usize),
+    SuccessorLink,
 }
 
 struct Supervisor<'c> {
@@ -160,9 +162,14 @@ struct Supervisor<'c> {
     /// The channel to the previous generation: while a successor, and after
     /// that until the previous generation is gone.
     predecessor: Option<Channel>,
-    /// The channel to the next generation, only kept open while draining so
-    /// that the next generation learns when this one is gone.
-    _successor_link: Option<Channel>,
+    /// The channel to the next generation, kept open while draining so
+    /// that newer generations learn when this one is gone, and can tell it
+    /// to end early ([`Message::End`]).
+    successor_link: Option<Channel>,
+    /// The older generations still draining (see [`super::generations`]).
+    older: OlderGenerations,
+    /// Whether this draining generation was told to end early.
+    ended_early: bool,
     last_reload: Option<String>,
     stopping: bool,
     /// The readiness checks, until the program is ready (or stopping).
@@ -181,7 +188,7 @@ struct Supervisor<'c> {
 #[derive(Debug)]
 pub struct Inherited {
     listeners: Result<crate::ListenFds, crate::ListenError>,
-    handover: Result<Option<(Inheritance, Channel)>, ExecError>,
+    handover: Result<Option<(Inheritance, Channel, OlderGenerations)>, ExecError>,
 }
 
 impl Inherited {
@@ -207,12 +214,17 @@ pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> 
         .map_err(|e| fail(sysexits::OSERR, format!("blocking signals: {e}")))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| fail(sysexits::OSERR, format!("creating a signalfd: {e}")))?;
-    let (number, managed, predecessor) = match inherited.handover? {
-        Some((inheritance, channel)) => {
+    let (number, managed, predecessor, older) = match inherited.handover? {
+        Some((inheritance, channel, older)) => {
             let _ = channel.send(&Message::Hello(std::process::id()));
-            (inheritance.generation, inheritance.managed, Some(channel))
+            (
+                inheritance.generation,
+                inheritance.managed,
+                Some(channel),
+                older,
+            )
         }
-        None => (1, Vec::new(), None),
+        None => (1, Vec::new(), None, OlderGenerations::default()),
     };
     let started = inherited
         .listeners
@@ -230,6 +242,7 @@ pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> 
     match started {
         Ok(mut supervisor) => {
             supervisor.predecessor = predecessor;
+            supervisor.older = older;
             supervisor.run()
         }
         Err(e) => {
@@ -241,9 +254,9 @@ pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> 
     }
 }
 
-/// Takes the hand-over channel when this process was started by a previous
-/// generation.
-fn take_inheritance() -> Result<Option<(Inheritance, Channel)>, ExecError> {
+/// Takes the hand-over channel, and those to the older generations still
+/// draining, when this process was started by a previous generation.
+fn take_inheritance() -> Result<Option<(Inheritance, Channel, OlderGenerations)>, ExecError> {
     let Some(value) = std::env::var_os(HANDOVER_ENV) else {
         return Ok(None);
     };
@@ -258,7 +271,8 @@ fn take_inheritance() -> Result<Option<(Inheritance, Channel)>, ExecError> {
             format!("the hand-over channel (fd {}): {e}", inheritance.fd),
         )
     })?;
-    Ok(Some((inheritance, Channel::from_fd(fd))))
+    let older = OlderGenerations::inherit(&inheritance).map_err(|e| fail(sysexits::CONFIG, e))?;
+    Ok(Some((inheritance, Channel::from_fd(fd), older)))
 }
 
 impl<'c> Supervisor<'c> {
@@ -315,7 +329,9 @@ impl<'c> Supervisor<'c> {
             clients: Vec::new(),
             handover: None,
             predecessor: None,
-            _successor_link: None,
+            successor_link: None,
+            older: OlderGenerations::default(),
+            ended_early: false,
             last_reload: None,
             stopping: false,
             readiness: Some(readiness),
@@ -345,6 +361,7 @@ impl<'c> Supervisor<'c> {
             (_, None) if g.ready => text.push_str(": serving"),
             (_, None) => text.push_str(": starting"),
         }
+        text.push_str(&self.older.status_suffix());
         if self.handover.is_some() {
             text.push_str(&format!(
                 "; reloading (generation {} starting)",
@@ -402,6 +419,9 @@ impl<'c> Supervisor<'c> {
             if let Some(r) = &self.readiness {
                 sources.extend((0..r.fds().len()).map(Source::Readiness));
             }
+            if self.successor_link.is_some() {
+                sources.push(Source::SuccessorLink);
+            }
             let readable = {
                 let fds: Vec<BorrowedFd<'_>> = sources.iter().map(|s| self.fd_of(*s)).collect();
                 wait_readable(&fds, self.next_deadline())
@@ -443,6 +463,11 @@ impl<'c> Supervisor<'c> {
                 .as_ref()
                 .expect("polled only while checking")
                 .fds()[i],
+            Source::SuccessorLink => self
+                .successor_link
+                .as_ref()
+                .expect("polled only when linked")
+                .as_fd(),
         }
     }
 
@@ -465,6 +490,7 @@ impl<'c> Supervisor<'c> {
             Source::Predecessor => return self.on_predecessor(),
             // The checks move on in check_timers, at the top of the loop.
             Source::Readiness(_) => {}
+            Source::SuccessorLink => self.on_successor_link(),
         }
         Ok(None)
     }
@@ -526,17 +552,70 @@ impl<'c> Supervisor<'c> {
                     self.config.drain_timeout,
                     listed.join(", ")
                 );
-                self.generation.kill_all();
-                self.role = Role::Draining {
-                    deadline,
-                    killed: true,
-                };
+                self.kill_draining();
             }
             if self.generation.exited.is_some() {
                 return Ok(self.drain_complete());
             }
         }
         Ok(None)
+    }
+
+    /// Ends a draining generation's program at once (the drain timeout
+    /// passed, or a newer generation needs room).
+    fn kill_draining(&mut self) {
+        if let Role::Draining {
+            deadline,
+            killed: false,
+        } = self.role
+        {
+            self.generation.kill_all();
+            self.role = Role::Draining {
+                deadline,
+                killed: true,
+            };
+        }
+    }
+
+    /// A newer generation wrote on the channel to this draining one.
+    fn on_successor_link(&mut self) {
+        loop {
+            let Some(link) = &self.successor_link else {
+                return;
+            };
+            match link.recv() {
+                Ok(None) => return,
+                Ok(Some(Some(Message::End))) => {
+                    if let Role::Draining { killed: false, .. } = self.role {
+                        warn!(
+                            pid = self.generation.pid(),
+                            "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; killing it",
+                            self.generation.number,
+                            self.generation_drained_for().as_millis(),
+                            self.config.generations.max()
+                        );
+                        self.ended_early = true;
+                        self.kill_draining();
+                    }
+                }
+                Ok(Some(Some(other))) => {
+                    debug!(?other, "unexpected message from a newer generation")
+                }
+                // Every newer generation is gone: nobody can ask any more.
+                Ok(Some(None)) | Err(_) => self.successor_link = None,
+            }
+        }
+    }
+
+    /// How long this generation has been draining.
+    fn generation_drained_for(&self) -> Duration {
+        match self.role {
+            Role::Draining { deadline, .. } => self
+                .config
+                .drain_timeout
+                .saturating_sub(deadline.saturating_duration_since(Instant::now())),
+            _ => Duration::ZERO,
+        }
     }
 
     /// The end of a drain: once the program exited and no process of its
@@ -556,7 +635,11 @@ impl<'c> Supervisor<'c> {
             "generation {} {}{}; {}",
             g.number,
             describe(status),
-            if killed { " (killed after the drain timeout)" } else { "" },
+            match (killed, self.ended_early) {
+                (true, true) => " (ended early for a newer generation)",
+                (true, false) => " (killed after the drain timeout)",
+                _ => "",
+            },
             if g.ready {
                 "its hand-over is complete"
             } else {
@@ -1003,6 +1086,9 @@ impl<'c> Supervisor<'c> {
         if !self.generation.ready {
             return self.refuse(requester, Refusal::Busy, still_starting_text(n));
         }
+        if let Err(text) = self.older.make_room(self.config.generations, n) {
+            return self.refuse(requester, Refusal::Busy, text);
+        }
         if matches!(requester, Requester::Signal) {
             let _ = self.notifier.notify(&[Notification::Reloading]);
         }
@@ -1015,6 +1101,7 @@ impl<'c> Supervisor<'c> {
                 theirs,
                 n + 1,
                 &self.listeners.managed,
+                &self.older,
             )?;
             // Reaped before anything is said to the manager, so the new
             // process is re-parented to it.
@@ -1132,7 +1219,9 @@ impl<'c> Supervisor<'c> {
         if let Requester::Client(connection) = &h.requester {
             let _ = connection.reply(&Reply::Ok(text));
         }
-        self._successor_link = Some(h.channel);
+        self.successor_link = Some(h.channel);
+        // The new main process keeps track of the older generations now.
+        self.older = OlderGenerations::default();
         self.control = None;
         for connection in self.clients.drain(..) {
             let _ = connection.reply(&Reply::handed_over(pid));
@@ -1225,6 +1314,17 @@ impl<'c> Supervisor<'c> {
 
     fn become_main(&mut self, took_ms: u64) {
         self.role = Role::Main;
+        // The predecessor drains from now on, and counts against the bound
+        // until it is gone.
+        if let Some(channel) = &self.predecessor {
+            match channel.try_clone() {
+                Ok(copy) => self.older.push(self.generation.number - 1, copy),
+                Err(e) => warn!(
+                    "keeping track of generation {}: {e}; it is not counted against max-generations",
+                    self.generation.number - 1
+                ),
+            }
+        }
         self.last_reload = Some(format!("last reload took {took_ms} ms"));
         let status = self.status_text();
         if let Err(e) = self

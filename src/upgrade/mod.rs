@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::exec::generations::OlderGenerations;
 use crate::exec::handover::{Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::exec::{AtMaxGenerations, GenerationBound};
 use crate::listen::{ListenFds, NamedFd, UnsetEnv};
 use crate::notify::{Notification, Notifier};
 use crate::spec::ListenerSpec;
@@ -27,7 +29,9 @@ use crate::spec::ListenerSpec;
 /// use std::time::Duration;
 /// let options = fdstore::UpgradeOptions::default()
 ///     .ready_timeout(Duration::from_secs(30))
-///     .drain_timeout(Duration::from_secs(20));
+///     .drain_timeout(Duration::from_secs(20))
+///     .max_generations(3)
+///     .at_max_generations(fdstore::AtMaxGenerations::Refuse);
 /// let upgrader = fdstore::Upgrader::with_options(options)?;
 /// # Ok::<(), fdstore::UpgradeError>(())
 /// ```
@@ -42,13 +46,25 @@ pub struct UpgradeOptions {
     /// before the process is ended. Default 60 s (as fdstore-exec's
     /// `--drain-timeout`); keep it below the unit's `TimeoutStopSec=`.
     pub drain_timeout: Duration,
+    /// How many generations (processes of the service: the serving one,
+    /// the draining ones and a new one) may be alive at once; at least 2.
+    /// Default 4 (as fdstore-exec's `--max-generations`).
+    pub max_generations: u32,
+    /// What an upgrade does when a new generation would exceed
+    /// [`max_generations`](UpgradeOptions::max_generations): end the oldest
+    /// draining generations early (the default, as fdstore-exec's
+    /// `--at-max-generations`), or refuse as busy.
+    pub at_max_generations: AtMaxGenerations,
 }
 
 impl Default for UpgradeOptions {
     fn default() -> Self {
+        let bound = GenerationBound::default();
         UpgradeOptions {
             ready_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(60),
+            max_generations: bound.max(),
+            at_max_generations: bound.at_max(),
         }
     }
 }
@@ -65,6 +81,20 @@ impl UpgradeOptions {
     /// type's example).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_generations`](UpgradeOptions::max_generations) (see the
+    /// type's example); [`Upgrader::with_options`] refuses less than 2.
+    pub fn max_generations(mut self, max: u32) -> Self {
+        self.max_generations = max;
+        self
+    }
+
+    /// Sets [`at_max_generations`](UpgradeOptions::at_max_generations)
+    /// (see the type's example).
+    pub fn at_max_generations(mut self, choice: AtMaxGenerations) -> Self {
+        self.at_max_generations = choice;
         self
     }
 }
@@ -163,6 +193,8 @@ pub struct Upgraded {
 /// State shared by the API and the upgrade thread.
 pub(crate) struct Shared {
     pub options: UpgradeOptions,
+    /// The bound on generations alive, from the options.
+    pub bound: GenerationBound,
     pub notifier: Notifier,
     pub generation: u64,
     /// The executable as it was found at start (a package upgrade replaces
@@ -187,6 +219,8 @@ pub(crate) struct State {
     pub predecessor: Option<Channel>,
     /// Whether [`Upgrader::ready`] was called.
     pub ready: bool,
+    /// The older generations still draining (see `exec::generations`).
+    pub older: OlderGenerations,
 }
 
 pub(crate) enum Command {
@@ -269,6 +303,8 @@ impl Upgrader {
     /// generation, the channel to the previous one. Call it early, before
     /// starting threads that spawn processes.
     pub fn with_options(options: UpgradeOptions) -> Result<Upgrader, UpgradeError> {
+        let bound = GenerationBound::new(options.max_generations, options.at_max_generations)
+            .map_err(|e| setup(format!("UpgradeOptions: {e}")))?;
         let notifier = Notifier::from_env().map_err(|e| setup(e.to_string()))?;
         let inheritance = match std::env::var_os(HANDOVER_ENV) {
             Some(value) => {
@@ -279,6 +315,7 @@ impl Upgrader {
         };
         let received = ListenFds::from_env(UnsetEnv::Yes)
             .map_err(|e| setup(format!("receiving listeners: {e}")))?;
+        let mut older = OlderGenerations::default();
         let predecessor = match &inheritance {
             Some(i) => {
                 // SAFETY: the previous generation put the channel at this
@@ -288,6 +325,7 @@ impl Upgrader {
                 let fd = unsafe { crate::sys::fd::take_inherited(i.fd) }
                     .map_err(|e| setup(format!("the hand-over channel (fd {}): {e}", i.fd)))?;
                 let channel = Channel::from_fd(fd);
+                older = OlderGenerations::inherit(i).map_err(setup)?;
                 channel
                     .send(&Message::Hello(std::process::id()))
                     .map_err(|e| setup(format!("greeting the previous generation: {e}")))?;
@@ -302,6 +340,7 @@ impl Upgrader {
         })?;
         let shared = Arc::new(Shared {
             options,
+            bound,
             notifier,
             generation: inheritance.as_ref().map_or(1, |i| i.generation),
             program,
@@ -313,6 +352,7 @@ impl Upgrader {
                 unstored: Vec::new(),
                 predecessor,
                 ready: false,
+                older,
             }),
         });
         let signals =
@@ -517,8 +557,10 @@ impl Upgrader {
             }
             drop(state);
             self.notify_ready();
-            // The previous generation starts draining now.
+            // The previous generation starts draining now; it counts
+            // against the bound until it is gone.
             let _ = channel.send(&Message::Done);
+            self.lock().older.push(self.shared.generation - 1, channel);
         } else {
             self.notify_ready();
         }

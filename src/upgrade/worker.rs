@@ -53,6 +53,9 @@ struct Worker {
     control: Option<ControlServer>,
     clients: Vec<(ControlConnection, Instant)>,
     upgrade: Option<Upgrade>,
+    /// After handing over: the channel to the next generation, on which a
+    /// newer one may tell this one to end early.
+    successor_link: Option<Channel>,
     stopping: bool,
     own_cgroup: Option<String>,
 }
@@ -73,6 +76,7 @@ pub(super) fn start(
         control: Some(control),
         clients: Vec::new(),
         upgrade: None,
+        successor_link: None,
         stopping: false,
         own_cgroup: cgroup_of(std::process::id()),
     };
@@ -103,6 +107,7 @@ impl Worker {
             self.accept_clients();
             self.read_requests();
             self.on_successor();
+            self.on_successor_link();
             self.check_deadlines();
         }
     }
@@ -121,6 +126,7 @@ impl Worker {
         watched.extend(self.control.as_ref().map(|c| c.as_fd()));
         watched.extend(self.clients.iter().map(|(c, _)| c.as_fd()));
         watched.extend(self.upgrade.as_ref().map(|u| u.channel.as_fd()));
+        watched.extend(self.successor_link.as_ref().map(|c| c.as_fd()));
         let mut fds: Vec<PollFd<'_>> = watched
             .iter()
             .map(|fd| PollFd::new(fd, PollFlags::IN))
@@ -189,7 +195,8 @@ impl Worker {
             ),
             (None, None) => "serving".into(),
         };
-        format!("generation {g}, pid {pid}: {what}")
+        let older = self.lock().older.status_suffix();
+        format!("generation {g}, pid {pid}: {what}{older}")
     }
 
     fn refusal(&self) -> Option<(Refusal, String)> {
@@ -221,6 +228,13 @@ impl Worker {
         if let Some((kind, text)) = self.refusal() {
             warn!("reload refused: {text}");
             return answer_refusal(&self.shared, requester, kind, text);
+        }
+        let mut older = std::mem::take(&mut self.lock().older);
+        let room = older.make_room(self.shared.bound, self.shared.generation);
+        self.lock().older = older;
+        if let Err(text) = room {
+            warn!("reload refused: {text}");
+            return answer_refusal(&self.shared, requester, Refusal::Busy, text);
         }
         if matches!(requester, Requester::Signal) {
             let _ = self.shared.notifier.notify(&[Notification::Reloading]);
@@ -258,6 +272,7 @@ impl Worker {
         let inheritance = Inheritance {
             fd: crate::LISTEN_FDS_START + n as i32,
             generation: self.shared.generation + 1,
+            older: state.older.generations(),
             managed: state.managed.clone(),
         };
         let mut env: Vec<OsString> = std::env::vars_os()
@@ -284,6 +299,7 @@ impl Worker {
             DetachedCommand::new(&self.shared.program, &self.shared.args, &env, identity)?;
         let mut fds: Vec<BorrowedFd<'_>> = state.listeners.iter().map(|l| l.as_fd()).collect();
         fds.push(theirs.as_fd());
+        fds.extend(state.older.channels());
         let pid = command.spawn(&fds)?;
         Ok((ours, pid))
     }
@@ -297,7 +313,7 @@ impl Worker {
                 Err(e) => return self.fail(format!("the hand-over channel failed: {e}")),
             };
             match message {
-                Some(Message::Hello(_)) | Some(Message::Main(_)) => {}
+                Some(Message::Hello(_)) | Some(Message::Main(_)) | Some(Message::End) => {}
                 Some(Message::Ready) => self.on_successor_ready(),
                 Some(Message::Failed(reason)) => return self.fail(reason),
                 Some(Message::Done) => return self.complete(),
@@ -374,7 +390,40 @@ impl Worker {
             // The new main process says READY=1, which ends the reload.
             Requester::Signal => {}
         }
+        self.successor_link = Some(u.channel);
+        // The new main process keeps track of the older generations now.
+        drop(std::mem::take(&mut self.lock().older));
         self.begin_drain(u.pid);
+    }
+
+    /// A newer generation wrote on the channel to this drained one.
+    fn on_successor_link(&mut self) {
+        loop {
+            let Some(link) = &self.successor_link else {
+                return;
+            };
+            match link.recv() {
+                Ok(None) => return,
+                Ok(Some(Some(Message::End))) => {
+                    let drained = self.shared.drain.notice().map_or(Duration::ZERO, |n| {
+                        self.shared
+                            .options
+                            .drain_timeout
+                            .saturating_sub(n.remaining())
+                    });
+                    warn!(
+                        "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; exiting",
+                        self.shared.generation,
+                        drained.as_millis(),
+                        self.shared.bound.max()
+                    );
+                    std::process::exit(1);
+                }
+                Ok(Some(Some(_))) => {}
+                // Every newer generation is gone: nobody can ask any more.
+                Ok(Some(None)) | Err(_) => self.successor_link = None,
+            }
+        }
     }
 
     fn begin_drain(&mut self, successor: u32) {

@@ -254,11 +254,17 @@ impl Systemd {
             .expect("no manager process in the cgroup's init.scope")
     }
 
+    /// A unit's cgroup directory (from its `ControlGroup`, which the
+    /// manager reports relative to its own cgroup namespace).
+    pub fn unit_cgroup(&self, unit: &str) -> PathBuf {
+        let group = self.show(unit, "ControlGroup");
+        self.cgroup.join(group.trim_start_matches('/'))
+    }
+
     /// The pids in a unit's cgroup (its `ControlGroup`, which the manager
     /// reports relative to its own cgroup namespace).
     pub fn unit_processes(&self, unit: &str) -> Vec<u32> {
-        let group = self.show(unit, "ControlGroup");
-        let dir = self.cgroup.join(group.trim_start_matches('/'));
+        let dir = self.unit_cgroup(unit);
         let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_else(|e| panic!("reading {}/cgroup.procs: {e}", dir.display()));
         procs.lines().map(|l| l.trim().parse().unwrap()).collect()

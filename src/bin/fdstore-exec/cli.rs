@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fdstore::exec::{Mode, ReadyMode, ReloadSignal};
+use fdstore::exec::{Mode, ReadyMode, ReloadSignal, DEFAULT_MAX_GENERATIONS};
+use fdstore::AtMaxGenerations;
 use fdstore::ListenerSpec;
 use nix::sys::signal::Signal;
 
@@ -154,6 +155,28 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How many generations may be alive at once: the serving one, those
+    /// still draining after a hand-over, and the one a reload starts (at
+    /// least 2). Clients that keep idle connections open hold a draining
+    /// generation until --drain-timeout; this bounds how many pile up when
+    /// reloads come quickly.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GENERATIONS, value_parser = parse_max_generations)]
+    pub max_generations: u32,
+
+    /// What a reload does when a new generation would exceed
+    /// --max-generations: kill-oldest ends the oldest draining generations
+    /// first (their programs are killed, as at --drain-timeout, which the
+    /// journal says); refuse fails the reload as busy (`fdstore-exec reload`
+    /// exits 75) and the serving generation keeps serving.
+    #[arg(
+        long,
+        value_name = "CHOICE",
+        default_value = "kill-oldest",
+        value_parser = at_max_parser(),
+        hide_possible_values = true
+    )]
+    pub at_max_generations: AtMaxGenerations,
+
     /// The program to run, and its arguments.
     #[arg(
         required = true,
@@ -169,6 +192,21 @@ pub struct RunArgs {
 fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(["handover", "restart"]).try_map(|s| s.parse::<Mode>())
+}
+
+/// `--at-max-generations`: its values are listed, as for `--mode`.
+fn at_max_parser() -> impl clap::builder::TypedValueParser<Value = AtMaxGenerations> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(AtMaxGenerations::VALUES)
+        .try_map(|s| s.parse::<AtMaxGenerations>())
+}
+
+fn parse_max_generations(s: &str) -> Result<u32, String> {
+    let max: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of generations; use 2 or more"))?;
+    fdstore::exec::check_max_generations(max)?;
+    Ok(max)
 }
 
 fn parse_spec(s: &str) -> Result<ListenerSpec, String> {

@@ -93,6 +93,11 @@ fn main() {
         drain_signal: run.drain_signal,
         drain_timeout: run.drain_timeout,
         mode: run.mode,
+        generations: exec::GenerationBound::new(run.max_generations, run.at_max_generations)
+            .unwrap_or_else(|e| {
+                eprintln!("fdstore-exec: --{e}");
+                std::process::exit(sysexits::USAGE);
+            }),
         signals,
         args: args[1..].to_vec(),
     };
