@@ -361,7 +361,6 @@ impl<'c> Supervisor<'c> {
             (_, None) if g.ready => text.push_str(": serving"),
             (_, None) => text.push_str(": starting"),
         }
-        text.push_str(&self.older.status_suffix());
         if self.handover.is_some() {
             text.push_str(&format!(
                 "; reloading (generation {} starting)",
@@ -371,6 +370,8 @@ impl<'c> Supervisor<'c> {
             text.push_str("; ");
             text.push_str(outcome);
         }
+        // Last, so that the text starts as it always did.
+        text.push_str(&self.older.status_suffix());
         text
     }
 
