@@ -52,6 +52,9 @@ mod spec;
 mod sys;
 mod upgrade;
 
+#[cfg(test)]
+mod proptests;
+
 pub use bind::{BindError, DEFAULT_BACKLOG};
 pub use duration::parse_duration;
 pub use exec::AtMaxGenerations;

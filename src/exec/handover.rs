@@ -68,7 +68,7 @@ pub enum Message {
 }
 
 impl Message {
-    fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         match self {
             Message::Hello(pid) => format!("HELLO {pid}"),
             Message::Ready => "READY".into(),
@@ -79,7 +79,7 @@ impl Message {
         }
     }
 
-    fn parse(text: &str) -> Option<Message> {
+    pub(crate) fn parse(text: &str) -> Option<Message> {
         let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
         match word {
             "HELLO" => rest.parse().ok().map(Message::Hello),
