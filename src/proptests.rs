@@ -168,10 +168,11 @@ proptest! {
     fn the_handover_environment_round_trips_and_never_panics(
         fd in 3i32..100_000,
         generation in any::<u64>(),
+        older in proptest::collection::vec(any::<u64>(), 0..5),
         managed in proptest::collection::vec("[a-zA-Z0-9_.-]{1,8}", 0..10),
         junk in ".{0,60}",
     ) {
-        let inheritance = Inheritance { fd, generation, managed };
+        let inheritance = Inheritance { fd, generation, older, managed };
         prop_assert_eq!(Inheritance::parse(&inheritance.to_env()), Ok(inheritance));
         if let Err(e) = Inheritance::parse(&junk) {
             prop_assert!(e.contains("FDSTORE_EXEC_HANDOVER"), "{}", e);
