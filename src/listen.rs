@@ -47,7 +47,7 @@ pub const LISTEN_ENV: [&str; 4] = [
     "LISTEN_FDNAMES",
 ];
 
-/// Whether [`ListenFds::from_env`] removes the [`LISTEN_ENV`] variables
+/// Whether [`ListenFds::from_env`] removes the `LISTEN_*` variables
 /// from the environment, so that child processes do not see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsetEnv {

@@ -84,7 +84,7 @@ pub fn spawn_program(
 
 /// The trampoline: sets `LISTEN_PID` (when `LISTEN_FDS` is set) and
 /// `WATCHDOG_PID` (when `WATCHDOG_USEC` is set) to this process's pid, and
-/// `LISTEN_PIDFDID` (when [`pass_listeners`] set it) to its pidfd's inode
+/// `LISTEN_PIDFDID` (when `pass_listeners` set it) to its pidfd's inode
 /// number (or removes it if the kernel cannot tell), then replaces itself
 /// with the program. Returns only on failure, with the exit status a shell
 /// would use (127 not found, 126 not executable).
