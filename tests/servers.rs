@@ -180,7 +180,11 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
     let stem = unit.trim_end_matches(".service");
     let dir = Visible::new(&format!("{stem}-{}", sd.version.number()));
     let port = free_port();
-    recipe.install(sd, &dir.0, port, fdstore_exec());
+    // The recipes run with PrivateTmp= and ProtectHome=, which hide a build
+    // directory under /tmp or /root: run a copy from the visible directory.
+    let exec = dir.0.join("fdstore-exec");
+    std::fs::copy(fdstore_exec(), &exec).expect("copying fdstore-exec where the unit sees it");
+    recipe.install(sd, &dir.0, port, &exec);
     let started = Instant::now();
     sd.ok(&["start", unit]);
     wait_serving(port, "hello from version 1");
