@@ -17,8 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::load::{Load, LoadReport, Mode};
-use support::servers::{Recipe, Visible, Wrk, WrkReport, RECIPES};
-use support::{free_port, wait_for, Systemd};
+use support::servers::{Recipe, Wrk, WrkReport, RECIPES};
+use support::{free_port, wait_for, Systemd, Visible};
 
 /// Reloads per measured phase, and the pause after each.
 const RELOADS: u32 = 3;
@@ -178,12 +178,11 @@ fn bound(own: u64, connections: u64) -> u64 {
 fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
     let unit = recipe.unit;
     let stem = unit.trim_end_matches(".service");
-    let dir = Visible::new(&format!("{stem}-{}", sd.version.number()));
+    let dir = Visible::new(&format!("servers-{stem}-{}", sd.version.number()));
     let port = free_port();
     // The recipes run with PrivateTmp= and ProtectHome=, which hide a build
     // directory under /tmp or /root: run a copy from the visible directory.
-    let exec = dir.0.join("fdstore-exec");
-    std::fs::copy(fdstore_exec(), &exec).expect("copying fdstore-exec where the unit sees it");
+    let exec = dir.copy_executable(fdstore_exec(), "fdstore-exec");
     recipe.install(sd, &dir.0, port, &exec);
     let started = Instant::now();
     sd.ok(&["start", unit]);

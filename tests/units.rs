@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fdstore::exec::handover::parent_of;
 use support::load::{Load, Mode};
-use support::{free_port, wait_for, Systemd, Version};
+use support::{free_port, wait_for, Systemd, Version, Visible};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -119,44 +119,17 @@ fn installed() -> bool {
     std::env::var_os("FDSTORE_TEST_INSTALLED").is_some_and(|v| v == "1")
 }
 
-/// A directory the hardened unit can read: not under /home or /root
-/// (`ProtectHome=`) nor /tmp (`PrivateTmp=`), removed on drop.
-struct Visible(PathBuf);
-
-impl Visible {
-    fn new(tag: &str) -> Visible {
-        let dir = PathBuf::from(format!(
-            "/opt/fdstore-test/shipped-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Visible(dir)
-    }
-}
-
-impl Drop for Visible {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_executable(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
-}
-
 /// The shipped pair as written, but for the port (loopback only), the
 /// program (`hello_http` standing in for `/usr/bin/app`), its configuration
 /// file, and, unless testing the installed package, fdstore-exec.
-fn shipped_pair(dir: &Path, port: u16) -> (String, String) {
-    let app = dir.join("app");
-    copy_executable(&support::example("hello_http"), &app);
+fn shipped_pair(dir: &Visible, port: u16) -> (String, String) {
+    let app = dir.copy_executable(&support::example("hello_http"), "app");
     let exec = if installed() {
         "/usr/bin/fdstore-exec".to_owned()
     } else {
-        let exec = dir.join("fdstore-exec");
-        copy_executable(Path::new(fdstore_exec()), &exec);
-        exec.display().to_string()
+        dir.copy_executable(Path::new(fdstore_exec()), "fdstore-exec")
+            .display()
+            .to_string()
     };
     let socket = shipped("app.socket").replace(
         "ListenStream=8080",
@@ -168,7 +141,7 @@ fn shipped_pair(dir: &Path, port: u16) -> (String, String) {
         .replace("/usr/bin/app", &app.display().to_string())
         .replace(
             "/etc/app/app.conf",
-            &dir.join("app.conf").display().to_string(),
+            &dir.0.join("app.conf").display().to_string(),
         );
     assert!(
         socket.contains(&format!("127.0.0.1:{port}"))
@@ -179,11 +152,11 @@ fn shipped_pair(dir: &Path, port: u16) -> (String, String) {
 }
 
 fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
-    let dir = Visible::new(&sd.version.number().to_string());
+    let dir = Visible::new(&format!("shipped-{}", sd.version.number()));
     let port = free_port();
     let config = dir.0.join("app.conf");
     std::fs::write(&config, "hello from version 1\n").unwrap();
-    let (socket, service) = shipped_pair(&dir.0, port);
+    let (socket, service) = shipped_pair(&dir, port);
     sd.install(&[("app.socket", &socket), ("app.service", &service)]);
     sd.ok(&["start", "app.socket", "app.service"]);
 

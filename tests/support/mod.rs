@@ -311,3 +311,32 @@ fn one_request(port: u16) -> Result<String, String> {
         Err(format!("bad answer {line:?}"))
     }
 }
+
+/// A directory the hardened units can read: not under /home or /root
+/// (`ProtectHome=`) nor /tmp (`PrivateTmp=`, which would also hide a build
+/// directory there), removed on drop.
+pub struct Visible(pub PathBuf);
+
+impl Visible {
+    /// A fresh directory `/opt/fdstore-test/TAG-PID`.
+    pub fn new(tag: &str) -> Visible {
+        let dir = PathBuf::from(format!("/opt/fdstore-test/{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Visible(dir)
+    }
+
+    /// Copies the executable `from` into the directory as `name` and returns
+    /// the copy's path, for a unit that must not see the build directory.
+    pub fn copy_executable(&self, from: &std::path::Path, name: &str) -> PathBuf {
+        let to = self.0.join(name);
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        to
+    }
+}
+
+impl Drop for Visible {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

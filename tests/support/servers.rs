@@ -194,29 +194,6 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A directory the hardened recipes can read: not under /home or /root
-/// (`ProtectHome=`) nor /tmp (`PrivateTmp=`), removed on drop.
-pub struct Visible(pub PathBuf);
-
-impl Visible {
-    /// A fresh directory for `tag`.
-    pub fn new(tag: &str) -> Visible {
-        let dir = PathBuf::from(format!(
-            "/opt/fdstore-test/servers-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Visible(dir)
-    }
-}
-
-impl Drop for Visible {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What `wrk` reported.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WrkReport {
