@@ -175,6 +175,26 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// What each open descriptor of a process is (for failure messages).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
 /// Zombie processes whose parent is `parent`.
 fn zombies_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -203,18 +223,23 @@ fn footprint(sd: &Systemd) -> (Footprint, u64, usize) {
     let rss_kib = proc_status(main, "VmRSS:")
         .and_then(|v| v.parse().ok())
         .unwrap();
-    // The manager briefly holds each systemctl's bus connection: the least
-    // of a few samples is what it keeps.
-    let manager_fds = (0..5)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            fd_count(sd.manager_pid() as u32)
-        })
-        .min()
-        .unwrap();
+    // The manager briefly holds each systemctl's bus connection, and the
+    // main process holds a draining generation's channel and pidfd until its
+    // poll loop sees that generation end (just after its processes left the
+    // cgroup): the least of a few samples is what each keeps.
+    let least_of_samples = |pid: u32| {
+        (0..5)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                fd_count(pid)
+            })
+            .min()
+            .unwrap()
+    };
+    let manager_fds = least_of_samples(sd.manager_pid() as u32);
     (
         Footprint {
-            wrapper_fds: fd_count(main),
+            wrapper_fds: least_of_samples(main),
             unit_processes: sd.unit_processes("app.service").len(),
             fd_store: sd.show("app.service", "NFileDescriptorStore"),
         },
@@ -237,7 +262,12 @@ fn a_hundred_reloads_back_to_back_leak_nothing(sd: &Systemd) {
     let count = traffic.stop();
     assert_eq!(count.failed, 0, "{:?}", count.failures);
     assert_eq!(app.starts().len(), 101);
-    assert_eq!(before, after);
+    assert_eq!(
+        before,
+        after,
+        "the main process's descriptors now: {:?}",
+        fd_targets(main_pid(sd))
+    );
     assert_eq!(after.unit_processes, 2);
     assert_eq!(after.fd_store, "1");
     // Every generation's program started with the same descriptors. (Its
