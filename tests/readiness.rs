@@ -466,6 +466,14 @@ fn a_stop_during_a_slow_check_command_is_prompt(sd: &Systemd) {
     wait_for("the check command to run", Duration::from_secs(20), || {
         marker.exists().then_some(())
     });
+    // The check can start before the program has set up its SIGTERM
+    // handling (on a loaded machine it did): a stop then kills it before it
+    // can say "stopped".
+    wait_for(
+        "the program to wait for SIGTERM",
+        Duration::from_secs(20),
+        || (!report_lines(&app.report, "waiting").is_empty()).then_some(()),
+    );
     let t = Instant::now();
     sd.ok(&["stop", "app.service"]);
     let took = t.elapsed();
