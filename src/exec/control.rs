@@ -2,18 +2,31 @@
 //! reach the unit's main process.
 //!
 //! The main process listens on the abstract Unix `SOCK_SEQPACKET` socket
-//! `@fdstore/control/PID` (PID: its own pid, which systemd gives
-//! `ExecReload=` as `$MAINPID`). Every message is one packet of UTF-8 text.
+//! `@fdstore/control/PID/TOKEN` (PID: its own pid, which systemd gives
+//! `ExecReload=` as `$MAINPID`; TOKEN: 32 hex digits of a 128-bit random
+//! number drawn at bind time). Every message is one packet of UTF-8 text.
 //! A client sends one request, `RELOAD` or `STATUS`, and receives one reply,
 //! `OK TEXT` or `ERR KIND TEXT`, where KIND is `busy`, `denied`, `failed`, `stopping`,
-//! `unsupported` or `invalid`. Only root and processes in the main process's
-//! own cgroup (the unit's processes, such as `ExecReload=`) may send
-//! `RELOAD`; anybody who can reach the socket may ask for `STATUS`.
+//! `unsupported` or `invalid`. Only root, the unit's own uid and processes in
+//! the main process's own cgroup (the unit's processes, such as
+//! `ExecReload=`) may send `RELOAD`; anybody who can reach the socket may ask
+//! for `STATUS`.
+//!
+//! Abstract names belong to whoever binds them first, and anybody can bind
+//! any name. The token makes the name impossible to take before the main
+//! process binds it (so binding never fails for a squatter's sake); the
+//! client finds the name in `/proc/net/unix` and believes an answer only from
+//! a socket whose listener (`SO_PEERCRED`) is the process it asked for, so a
+//! name somebody else bound under the same prefix is never mistaken for it.
+//! [`ControlEndpoint`] bounds what clients can take: [`MAX_CLIENTS`] at once,
+//! [`MAX_OTHER_UID_CLIENTS`] of them from other users, [`CLIENT_DEADLINE`]
+//! to send the request, and a pause instead of a busy loop when `accept(2)`
+//! fails (descriptors exhausted).
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{
@@ -24,11 +37,45 @@ use rustix::net::{
 /// The largest request or reply, in bytes.
 pub const MAX_MESSAGE: usize = 4096;
 
-/// The abstract socket name (without the leading `@`) of process `pid`'s
-/// control socket.
-pub fn control_socket_name(pid: u32) -> String {
+/// The start of the abstract socket name (without the leading `@`) of
+/// process `pid`'s control socket; the random token follows.
+pub fn control_name_prefix(pid: u32) -> String {
+    format!("fdstore/control/{pid}/")
+}
+
+/// The name fdstore 0.x used (no token). A client still tries it, with the
+/// same peer check, so that `fdstore-exec reload` from an upgraded package
+/// reaches a main process started before the upgrade.
+fn legacy_name(pid: u32) -> String {
     format!("fdstore/control/{pid}")
 }
+
+/// Hex digits in the token.
+const TOKEN_DIGITS: usize = 32;
+
+/// At most this many clients are connected at once (waiting to send their
+/// request, or being answered).
+pub const MAX_CLIENTS: usize = 16;
+/// At most this many of them may be from uids other than root and the
+/// unit's own: the other half stays free for the administrator and
+/// `ExecReload=`.
+pub const MAX_OTHER_UID_CLIENTS: usize = 8;
+/// A client has this long from connecting to sending its request; a silent
+/// one is then dropped.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// After `accept(2)` fails (no descriptor left, no memory), the listening
+/// socket is not polled for this long: a readable socket that cannot be
+/// accepted would otherwise spin the loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most this many connections are accepted per call of
+/// [`ControlEndpoint::service`], so that a flood of connections cannot hold
+/// the event loop.
+const ACCEPTS_PER_ROUND: usize = 64;
+/// How many candidate names a client tries at most (somebody may have bound
+/// many names under the prefix).
+const MAX_CANDIDATES: usize = 1024;
+/// How long a client keeps trying candidates whose backlog is full.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A request to the main process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,10 +238,12 @@ impl fmt::Display for Reply {
 #[derive(Debug)]
 pub struct ControlServer {
     socket: OwnedFd,
+    name: String,
 }
 
 impl ControlServer {
-    /// Listens on `@fdstore/control/OWN-PID`, close-on-exec and non-blocking.
+    /// Listens on `@fdstore/control/OWN-PID/TOKEN` with a fresh random
+    /// token, close-on-exec and non-blocking.
     pub fn bind() -> io::Result<ControlServer> {
         let socket = socket_with(
             AddressFamily::UNIX,
@@ -202,13 +251,26 @@ impl ControlServer {
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
-        let name = control_socket_name(std::process::id());
-        bind(
-            &socket,
-            &SocketAddrUnix::new_abstract_name(name.as_bytes())?,
-        )?;
-        listen(&socket, 16)?;
-        Ok(ControlServer { socket })
+        let mut tries = 0;
+        let name = loop {
+            let name = format!("{}{}", control_name_prefix(std::process::id()), token()?);
+            match bind(
+                &socket,
+                &SocketAddrUnix::new_abstract_name(name.as_bytes())?,
+            ) {
+                Ok(()) => break name,
+                // 2^-128 per try; a broken random source would loop here.
+                Err(Errno::ADDRINUSE) if tries < 3 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        listen(&socket, MAX_CLIENTS as i32)?;
+        Ok(ControlServer { socket, name })
+    }
+
+    /// The abstract name bound (without the leading `@`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Accepts one pending connection, if any.
@@ -231,6 +293,149 @@ impl ControlServer {
 impl AsFd for ControlServer {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+}
+
+/// 128 random bits as 32 hex digits.
+fn token() -> io::Result<String> {
+    let mut random = [0u8; 16];
+    let mut filled = 0;
+    while filled < random.len() {
+        filled +=
+            rustix::rand::getrandom(&mut random[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The control endpoint of a main process, for fdstore-exec and the
+/// library alike: the listening socket and the clients waiting to send
+/// their request, with the bounds in the module documentation.
+///
+/// The owner polls [`fds`](ControlEndpoint::fds) for reading, wakes up at
+/// [`next_wake`](ControlEndpoint::next_wake) at the latest, and then calls
+/// [`service`](ControlEndpoint::service), which returns the requests that
+/// arrived.
+#[derive(Debug)]
+pub struct ControlEndpoint {
+    server: ControlServer,
+    own_uid: u32,
+    clients: Vec<(ControlConnection, Instant)>,
+    paused_until: Option<Instant>,
+}
+
+impl ControlEndpoint {
+    /// Binds a new endpoint (see [`ControlServer::bind`]).
+    pub fn bind() -> io::Result<ControlEndpoint> {
+        Ok(ControlEndpoint {
+            server: ControlServer::bind()?,
+            own_uid: rustix::process::geteuid().as_raw(),
+            clients: Vec::new(),
+            paused_until: None,
+        })
+    }
+
+    /// The abstract name bound (without the leading `@`).
+    pub fn name(&self) -> &str {
+        self.server.name()
+    }
+
+    /// The descriptors to poll for reading: the listening socket (unless
+    /// accepting is paused) and every waiting client.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = Vec::with_capacity(self.clients.len() + 1);
+        if self.paused_until.is_none() {
+            fds.push(self.server.as_fd());
+        }
+        fds.extend(self.clients.iter().map(|(c, _)| c.as_fd()));
+        fds
+    }
+
+    /// When [`service`](ControlEndpoint::service) must run at the latest:
+    /// a client's deadline or the end of a pause.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .map(|(_, d)| *d)
+            .chain(self.paused_until)
+            .min()
+    }
+
+    /// Accepts new clients (turning away those over the bounds with
+    /// `ERR busy`), drops clients whose deadline passed or who went away,
+    /// and returns the requests that arrived, each with its connection, to
+    /// be answered by the caller.
+    pub fn service(&mut self, now: Instant) -> Vec<(ControlConnection, Result<Request, String>)> {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        if self.paused_until.is_none() {
+            self.accept_new(now);
+        }
+        let mut requests = Vec::new();
+        let mut i = 0;
+        while i < self.clients.len() {
+            match self.clients[i].0.read_request() {
+                Ok(Some(request)) => {
+                    let (connection, _) = self.clients.swap_remove(i);
+                    requests.push((connection, request));
+                }
+                Ok(None) if self.clients[i].1 > now => i += 1,
+                Ok(None) => {
+                    let (connection, _) = self.clients.swap_remove(i);
+                    tracing::debug!(
+                        client_pid = connection.peer_pid,
+                        client_uid = connection.peer_uid,
+                        "dropped a control client that sent no request within {CLIENT_DEADLINE:?}"
+                    );
+                }
+                Err(_) => {
+                    self.clients.swap_remove(i);
+                }
+            }
+        }
+        requests
+    }
+
+    fn accept_new(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_ROUND {
+            let connection = match self.server.accept() {
+                Ok(Some(connection)) => connection,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        "accepting a control connection: {e}; not accepting for {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+            };
+            let other_uid = |c: &ControlConnection| c.peer_uid != 0 && c.peer_uid != self.own_uid;
+            let others = self.clients.iter().filter(|(c, _)| other_uid(c)).count();
+            let refusal = if self.clients.len() >= MAX_CLIENTS {
+                Some(format!(
+                    "{MAX_CLIENTS} control connections are open already; try again"
+                ))
+            } else if other_uid(&connection) && others >= MAX_OTHER_UID_CLIENTS {
+                Some(format!(
+                    "{MAX_OTHER_UID_CLIENTS} control connections of other users are open already; try again"
+                ))
+            } else {
+                None
+            };
+            match refusal {
+                Some(text) => connection.turn_away(&Reply::Err(Refusal::Busy, text)),
+                None => self.clients.push((connection, now + CLIENT_DEADLINE)),
+            }
+        }
+    }
+
+    /// Answers every waiting client with `reply` and closes the endpoint
+    /// (this process handed over).
+    pub fn close_with(self, reply: &Reply) {
+        for (connection, _) in self.clients {
+            connection.turn_away(reply);
+        }
     }
 }
 
@@ -267,9 +472,23 @@ impl ControlConnection {
         send(
             &self.socket,
             reply.to_text().as_bytes(),
-            SendFlags::NOSIGNAL,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
         )?;
         Ok(())
+    }
+
+    /// Replies without reading the request, and closes. What the client
+    /// sent is read first and thrown away: closing a Unix socket with
+    /// unread data resets the peer, whose next `recv` would then fail
+    /// instead of returning the reply.
+    pub fn turn_away(self, reply: &Reply) {
+        let _ = self.reply(reply);
+        let mut buf = [0u8; MAX_MESSAGE];
+        for _ in 0..4 {
+            if !matches!(recv(&self.socket, &mut buf, RecvFlags::DONTWAIT), Ok((n, _)) if n > 0) {
+                break;
+            }
+        }
     }
 
     /// Refuses a reload request from a client that may not ask for one
@@ -283,16 +502,17 @@ impl ControlConnection {
         let _ = self.reply(&Reply::Err(
             Refusal::Denied,
             format!(
-                "pid {} (uid {}) may not reload this service: only root and the unit's own processes (ExecReload=) may",
+                "pid {} (uid {}) may not reload this service: only root, the service's own user and the unit's own processes (ExecReload=) may",
                 self.peer_pid, self.peer_uid
             ),
         ));
     }
 
-    /// Whether the client may ask for a reload: root, or a process in
-    /// `own_cgroup` (the unit's cgroup).
+    /// Whether the client may ask for a reload: root, the uid this process
+    /// runs as (which could signal it anyway), or a process in `own_cgroup`
+    /// (the unit's cgroup).
     pub fn may_reload(&self, own_cgroup: Option<&str>) -> bool {
-        if self.peer_uid == 0 {
+        if self.peer_uid == 0 || self.peer_uid == rustix::process::geteuid().as_raw() {
             return true;
         }
         match (own_cgroup, cgroup_of(self.peer_pid)) {
@@ -321,43 +541,203 @@ fn parse_cgroup(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Sends `request` to the control socket of process `pid` and waits for the
-/// reply. `interrupt` is polled alongside: when it becomes readable (a
-/// signalfd, say) the wait ends with `Ok(None)`.
+/// Why a client got no reply.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No control socket of that process exists.
+    NoEndpoint(String),
+    /// Sockets under the process's name answer, but none is the process's
+    /// own: somebody else bound the name (or the process ended and its pid
+    /// was reused). Nothing they would answer is believed.
+    WrongPeer(String),
+    /// Talking to the verified endpoint failed.
+    Io(io::Error),
+}
+
+impl ClientError {
+    /// The sysexits(3) status a client should exit with.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            ClientError::NoEndpoint(_) | ClientError::Io(_) => 69, // EX_UNAVAILABLE
+            ClientError::WrongPeer(_) => 76,                       // EX_PROTOCOL
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoEndpoint(text) | ClientError::WrongPeer(text) => f.write_str(text),
+            ClientError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<Errno> for ClientError {
+    fn from(e: Errno) -> Self {
+        ClientError::Io(e.into())
+    }
+}
+
+/// The candidate names (without `@`) of process `pid`'s control socket in
+/// `/proc/net/unix` text: listening `SOCK_SEQPACKET` sockets named
+/// `@fdstore/control/PID/` and a 32-digit hex token, or the legacy
+/// `@fdstore/control/PID`; at most [`MAX_CANDIDATES`].
+fn parse_candidates(pid: u32, lines: impl Iterator<Item = String>) -> Vec<String> {
+    let prefix = control_name_prefix(pid);
+    let legacy = legacy_name(pid);
+    let mut found = Vec::new();
+    for line in lines {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(flags), Some(kind), Some(path)) = (fields.get(3), fields.get(4), fields.get(7))
+        else {
+            continue;
+        };
+        let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & 0x10000 != 0);
+        if !listening || *kind != "0005" {
+            continue;
+        }
+        let Some(name) = path.strip_prefix('@') else {
+            continue;
+        };
+        let fits = name.strip_prefix(prefix.as_str()).is_some_and(|token| {
+            token.len() == TOKEN_DIGITS && token.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if (fits || name == legacy) && !found.iter().any(|f| f == name) {
+            found.push(name.to_owned());
+            if found.len() == MAX_CANDIDATES {
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// Connects to the control socket of process `pid`: every candidate name
+/// from `/proc/net/unix` is tried, and only a socket whose listener is `pid`
+/// itself (`SO_PEERCRED`, recorded by the kernel when it called
+/// `listen(2)`) is kept. Candidates with a full backlog are tried again for
+/// [`CONNECT_PATIENCE`].
+pub fn connect_verified(pid: u32) -> Result<OwnedFd, ClientError> {
+    use std::io::BufRead;
+    let file = std::fs::File::open("/proc/net/unix")
+        .map_err(|e| ClientError::Io(io::Error::other(format!("reading /proc/net/unix: {e}"))))?;
+    let names = parse_candidates(pid, io::BufReader::new(file).lines().map_while(Result::ok));
+    if names.is_empty() {
+        return Err(ClientError::NoEndpoint(format!(
+            "pid {pid} has no fdstore control socket (no @{}… in /proc/net/unix); is it the main process of a unit run by fdstore-exec (or the fdstore library)?",
+            control_name_prefix(pid)
+        )));
+    }
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    let mut impostors: Vec<String> = Vec::new();
+    let mut pending = names;
+    loop {
+        let mut full = Vec::new();
+        for name in pending {
+            let socket = socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                None,
+            )?;
+            let address = SocketAddrUnix::new_abstract_name(name.as_bytes())?;
+            match connect(&socket, &address) {
+                Ok(()) => {}
+                Err(Errno::AGAIN) => {
+                    full.push(name);
+                    continue;
+                }
+                // Gone since the listing.
+                Err(_) => continue,
+            }
+            let peer = sockopt::socket_peercred(&socket)?;
+            let peer_pid = peer.pid.as_raw_nonzero().get() as u32;
+            if peer_pid == pid {
+                return Ok(socket);
+            }
+            impostors.push(format!(
+                "@{name} (listener pid {peer_pid}, uid {})",
+                peer.uid.as_raw()
+            ));
+        }
+        if full.is_empty() || Instant::now() >= deadline {
+            let mut problems = impostors;
+            problems.extend(
+                full.iter()
+                    .map(|n| format!("@{n} (its backlog stayed full)")),
+            );
+            return Err(if problems.is_empty() {
+                ClientError::NoEndpoint(format!(
+                    "pid {pid} has no fdstore control socket (the names in /proc/net/unix went away); did it exit?"
+                ))
+            } else {
+                ClientError::WrongPeer(format!(
+                    "no control socket of pid {pid} answered: {} {} not pid {pid}'s own, so no answer from {} is believed; another local user may be squatting the name (see SECURITY in fdstore(7))",
+                    problems.join(", "),
+                    if problems.len() == 1 { "is" } else { "are" },
+                    if problems.len() == 1 { "it" } else { "them" },
+                ))
+            });
+        }
+        pending = full;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `request` to the control socket of process `pid` (found and
+/// verified by [`connect_verified`]) and waits for the reply. `interrupt`
+/// is polled alongside: when it becomes readable (a signalfd, say) the wait
+/// ends with `Ok(None)`.
 pub fn request(
     pid: u32,
     request: Request,
     interrupt: Option<BorrowedFd<'_>>,
     timeout: Option<Duration>,
-) -> io::Result<Option<Reply>> {
-    let socket = socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let name = control_socket_name(pid);
-    connect(
-        &socket,
-        &SocketAddrUnix::new_abstract_name(name.as_bytes())?,
-    )?;
-    send(&socket, request.as_str().as_bytes(), SendFlags::NOSIGNAL)?;
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+) -> Result<Option<Reply>, ClientError> {
+    exchange(&connect_verified(pid)?, request, interrupt, timeout)
+}
+
+/// Sends `request` on a connected control socket and waits for the reply
+/// (see [`request`]).
+fn exchange(
+    socket: &OwnedFd,
+    request: Request,
+    interrupt: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> Result<Option<Reply>, ClientError> {
+    match send(socket, request.as_str().as_bytes(), SendFlags::NOSIGNAL) {
+        // Turned away (busy) before the request arrived: the reply waits
+        // in our queue all the same.
+        Ok(_) | Err(Errno::PIPE) | Err(Errno::CONNRESET) => {}
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut resets = 0;
     loop {
         use rustix::event::{poll, PollFd, PollFlags};
-        let mut fds = vec![PollFd::new(&socket, PollFlags::IN)];
+        let mut fds = vec![PollFd::new(socket, PollFlags::IN)];
         if let Some(fd) = interrupt.as_ref() {
             fds.push(PollFd::new(fd, PollFlags::IN));
         }
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            return Err(io::ErrorKind::TimedOut.into());
+            return Err(io::Error::from(io::ErrorKind::TimedOut).into());
         }
         let left = left.and_then(|l| rustix::time::Timespec::try_from(l).ok());
         match poll(&mut fds, left.as_ref()) {
             Ok(_) => {}
             Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io::Error::from(e).into()),
         }
         if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
             return Ok(None);
@@ -366,12 +746,23 @@ pub fn request(
             continue;
         }
         let mut buf = [0u8; MAX_MESSAGE];
-        let (n, _) = recv(&socket, &mut buf, RecvFlags::empty())?;
+        let n = match recv(socket, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n,
+            Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+            // A reset is reported before the data queued ahead of it (the
+            // server closed with our request unread): read again once.
+            Err(Errno::CONNRESET) if resets == 0 => {
+                resets += 1;
+                continue;
+            }
+            Err(e) => return Err(io::Error::from(e).into()),
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the main process closed the connection without a reply (did it exit?)",
-            ));
+            )
+            .into());
         }
         let text = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
         return Reply::parse(&text).map(Some).ok_or_else(|| {
@@ -379,6 +770,7 @@ pub fn request(
                 io::ErrorKind::InvalidData,
                 format!("unexpected reply {text:?}"),
             )
+            .into()
         });
     }
 }
@@ -419,31 +811,152 @@ mod tests {
     }
 
     #[test]
-    fn status_round_trip_over_a_real_socket() {
-        let server = ControlServer::bind().unwrap();
-        let pid = std::process::id();
-        let client = std::thread::spawn(move || {
-            request(pid, Request::Status, None, Some(Duration::from_secs(5)))
-        });
-        let connection = loop {
-            if let Some(c) = server.accept().unwrap() {
-                break c;
-            }
+    fn candidates_are_listening_seqpacket_sockets_with_a_token() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let lines = [
+            "Num       RefCount Protocol Flags    Type St Inode Path".to_owned(),
+            format!("0000000000000000: 00000002 00000000 00010000 0005 01 100 @fdstore/control/42/{token}"),
+            // Same name again (two lines for one socket never happen, but
+            // a duplicate is tried once).
+            format!("0000000000000000: 00000002 00000000 00010000 0005 01 101 @fdstore/control/42/{token}"),
+            // Not listening, wrong type, wrong pid, short token, a path.
+            format!("0000000000000000: 00000002 00000000 00000000 0005 03 102 @fdstore/control/42/{token}"),
+            format!("0000000000000000: 00000002 00000000 00010000 0001 01 103 @fdstore/control/42/{token}"),
+            format!("0000000000000000: 00000002 00000000 00010000 0005 01 104 @fdstore/control/420/{token}"),
+            "0000000000000000: 00000002 00000000 00010000 0005 01 105 @fdstore/control/42/abc".to_owned(),
+            format!("0000000000000000: 00000002 00000000 00010000 0005 01 106 /run/fdstore/control/42/{token}"),
+            // The legacy name.
+            "0000000000000000: 00000002 00000000 00010000 0005 01 107 @fdstore/control/42".to_owned(),
+            "0000000000000000: 00000002 00000000 00010000 0005 01 108".to_owned(),
+        ];
+        assert_eq!(
+            parse_candidates(42, lines.into_iter()),
+            vec![
+                format!("fdstore/control/42/{token}"),
+                "fdstore/control/42".to_owned()
+            ]
+        );
+        let many =
+            (0..5000).map(|i| format!("0: 2 0 00010000 0005 01 {i} @fdstore/control/42/{i:032x}"));
+        assert_eq!(parse_candidates(42, many).len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn two_endpoints_of_one_process_have_different_names() {
+        let a = ControlEndpoint::bind().unwrap();
+        let b = ControlEndpoint::bind().unwrap();
+        assert_ne!(a.name(), b.name());
+        assert!(a
+            .name()
+            .starts_with(&control_name_prefix(std::process::id())));
+    }
+
+    /// A connection to `endpoint` (tests in one process bind several
+    /// endpoints, all under the same pid, so connect_verified could pick
+    /// another test's).
+    fn connect_to(endpoint: &ControlEndpoint) -> OwnedFd {
+        let socket = socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let address = SocketAddrUnix::new_abstract_name(endpoint.name().as_bytes()).unwrap();
+        connect(&socket, &address).unwrap();
+        socket
+    }
+
+    #[test]
+    fn the_client_finds_and_verifies_an_endpoint_of_its_own_process() {
+        let _endpoint = ControlEndpoint::bind().unwrap();
+        let socket = connect_verified(std::process::id()).unwrap();
+        let peer = sockopt::socket_peercred(&socket).unwrap();
+        assert_eq!(peer.pid.as_raw_nonzero().get() as u32, std::process::id());
+        // pid 1 is not this test; if it has no endpoint, that is said.
+        match connect_verified(1) {
+            Err(ClientError::NoEndpoint(text)) => assert!(
+                text.contains("pid 1 has no fdstore control socket"),
+                "{text}"
+            ),
+            Err(other) => panic!("{other}"),
+            Ok(_) => {}
+        }
+    }
+
+    /// Serves `endpoint` until `n` requests arrived.
+    fn requests(
+        endpoint: &mut ControlEndpoint,
+        n: usize,
+    ) -> Vec<(ControlConnection, Result<Request, String>)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(endpoint.service(Instant::now()));
             std::thread::sleep(Duration::from_millis(5));
-        };
+        }
+        got
+    }
+
+    #[test]
+    fn status_round_trip_over_a_real_socket() {
+        let mut endpoint = ControlEndpoint::bind().unwrap();
+        let pid = std::process::id();
+        let socket = connect_to(&endpoint);
+        let client = std::thread::spawn(move || {
+            exchange(&socket, Request::Status, None, Some(Duration::from_secs(5)))
+        });
+        let (connection, request) = requests(&mut endpoint, 1).pop().unwrap();
         assert_eq!(connection.peer_pid, pid);
         assert!(connection.may_reload(cgroup_of(pid).as_deref()));
-        let request = loop {
-            if let Some(r) = connection.read_request().unwrap() {
-                break r;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
         assert_eq!(request, Ok(Request::Status));
         connection.reply(&Reply::Ok("generation 1".into())).unwrap();
         assert_eq!(
             client.join().unwrap().unwrap(),
             Some(Reply::Ok("generation 1".into()))
         );
+    }
+
+    #[test]
+    fn the_client_over_the_bound_gets_err_busy_not_a_reset() {
+        let mut endpoint = ControlEndpoint::bind().unwrap();
+        // 16 silent clients (this process: root or the endpoint's own uid).
+        let silent: Vec<OwnedFd> = (0..MAX_CLIENTS).map(|_| connect_to(&endpoint)).collect();
+        while endpoint.clients.len() < MAX_CLIENTS {
+            assert!(endpoint.service(Instant::now()).is_empty());
+        }
+        let socket = connect_to(&endpoint);
+        let client = std::thread::spawn(move || {
+            exchange(&socket, Request::Status, None, Some(Duration::from_secs(5)))
+        });
+        let reply = loop {
+            assert!(endpoint.service(Instant::now()).is_empty());
+            if client.is_finished() {
+                break client.join().unwrap().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match reply {
+            Some(Reply::Err(Refusal::Busy, text)) => {
+                assert!(text.contains("16 control connections"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(endpoint.clients.len(), MAX_CLIENTS);
+        drop(silent);
+    }
+
+    #[test]
+    fn a_client_that_stays_silent_past_its_deadline_is_dropped() {
+        let mut endpoint = ControlEndpoint::bind().unwrap();
+        let _silent = connect_to(&endpoint);
+        while endpoint.clients.is_empty() {
+            endpoint.service(Instant::now());
+        }
+        let deadline = endpoint.next_wake().unwrap();
+        endpoint.service(deadline - Duration::from_millis(1));
+        assert_eq!(endpoint.clients.len(), 1);
+        endpoint.service(deadline);
+        assert!(endpoint.clients.is_empty());
+        assert_eq!(endpoint.next_wake(), None);
     }
 }

@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, SignalRoles, STOP_SIGNALS};
 use super::control::{
-    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
+    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlEndpoint, Refusal, Reply,
     Request,
 };
 use super::generations::OlderGenerations;
@@ -47,8 +47,6 @@ use crate::notify::{Notification, Notifier};
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a successor gets beyond its ready timeout to finish a hand-over.
 const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
-/// At most this many control connections wait for their request.
-const MAX_CLIENTS: usize = 16;
 /// At most this many notifications of a successor's program are queued
 /// until it is the main process.
 const MAX_QUEUED: usize = 256;
@@ -138,8 +136,8 @@ enum Source {
     Signals,
     Relay,
     Program,
-    Control,
-    Client(usize),
+    /// The control endpoint's descriptors (see [`ControlEndpoint::fds`]).
+    Control(usize),
     Successor,
     Predecessor,
     /// A probe connection or a check command of the readiness checks.
@@ -155,9 +153,10 @@ struct Supervisor<'c> {
     generation: Generation,
     listeners: ListenerSet,
     role: Role,
-    control: Option<ControlServer>,
+    /// Bound at start, before this generation can become the main process;
+    /// closed when it hands over.
+    control: Option<ControlEndpoint>,
     own_cgroup: Option<String>,
-    clients: Vec<ControlConnection>,
     handover: Option<Handover>,
     /// The channel to the previous generation: while a successor, and after
     /// that until the previous generation is gone.
@@ -292,6 +291,11 @@ impl<'c> Supervisor<'c> {
             .map_err(|e| fail(sysexits::USAGE, e))?;
         let relay = NotifyRelay::bind()
             .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
+        // Before the program starts: a generation without its control
+        // endpoint never becomes the main process (the reload fails, the old
+        // generation keeps serving).
+        let control = ControlEndpoint::bind()
+            .map_err(|e| fail(sysexits::OSERR, format!("binding the control socket: {e}")))?;
         let child =
             spawn_program(&config.program, &listeners.active, relay.address()).map_err(|e| {
                 fail(
@@ -308,7 +312,7 @@ impl<'c> Supervisor<'c> {
         info!(pid, program = ?config.program.program, listeners = listeners.active.len(), "started generation {number}");
         let started = Instant::now();
         readiness.begin(pid, started);
-        let mut supervisor = Supervisor {
+        let supervisor = Supervisor {
             config,
             notifier,
             signal_fd,
@@ -324,9 +328,8 @@ impl<'c> Supervisor<'c> {
             },
             listeners,
             role: if is_main { Role::Main } else { Role::Successor },
-            control: None,
+            control: Some(control),
             own_cgroup: cgroup_of(std::process::id()),
-            clients: Vec::new(),
             handover: None,
             predecessor: None,
             successor_link: None,
@@ -339,7 +342,6 @@ impl<'c> Supervisor<'c> {
         };
         if is_main {
             supervisor.update_status();
-            supervisor.open_control();
         }
         Ok(supervisor)
     }
@@ -381,15 +383,6 @@ impl<'c> Supervisor<'c> {
         }
     }
 
-    fn open_control(&mut self) {
-        match ControlServer::bind() {
-            Ok(server) => self.control = Some(server),
-            Err(e) => warn!(
-                "cannot open the control socket ({e}); `fdstore-exec reload` and `status` will not reach this process"
-            ),
-        }
-    }
-
     fn ready_deadline(&self) -> Instant {
         self.generation.started + self.config.ready_timeout
     }
@@ -407,10 +400,9 @@ impl<'c> Supervisor<'c> {
             if self.generation.exited.is_none() {
                 sources.push(Source::Program);
             }
-            if self.control.is_some() {
-                sources.push(Source::Control);
+            if let Some(control) = &self.control {
+                sources.extend((0..control.fds().len()).map(Source::Control));
             }
-            sources.extend((0..self.clients.len()).map(Source::Client));
             if self.handover.is_some() {
                 sources.push(Source::Successor);
             }
@@ -428,12 +420,13 @@ impl<'c> Supervisor<'c> {
                 wait_readable(&fds, self.next_deadline())
                     .map_err(|e| fail(sysexits::OSERR, format!("poll: {e}")))?
             };
-            // Clients are removed while handling; go backwards so indexes stay valid.
-            for (source, _) in sources.iter().zip(readable).filter(|(_, r)| *r).rev() {
+            for (source, _) in sources.iter().zip(readable).filter(|(_, r)| *r) {
                 if let Some(end) = self.dispatch(*source)? {
                     return Ok(end);
                 }
             }
+            // Every wake-up: accepts, reads requests, drops silent clients.
+            self.on_control();
         }
     }
 
@@ -442,12 +435,7 @@ impl<'c> Supervisor<'c> {
             Source::Signals => self.signal_fd.as_fd(),
             Source::Relay => self.relay.as_fd(),
             Source::Program => self.generation.pidfd.as_fd(),
-            Source::Control => self
-                .control
-                .as_ref()
-                .expect("polled only when open")
-                .as_fd(),
-            Source::Client(i) => self.clients[i].as_fd(),
+            Source::Control(i) => self.control.as_ref().expect("polled only when open").fds()[i],
             Source::Successor => self
                 .handover
                 .as_ref()
@@ -485,8 +473,8 @@ impl<'c> Supervisor<'c> {
                     return self.on_program_exit(status);
                 }
             }
-            Source::Control => self.accept_clients(),
-            Source::Client(i) => self.on_client(i),
+            // Served once per wake-up, after the other sources.
+            Source::Control(_) => {}
             Source::Successor => self.on_successor(),
             Source::Predecessor => return self.on_predecessor(),
             // The checks move on in check_timers, at the top of the loop.
@@ -511,6 +499,9 @@ impl<'c> Supervisor<'c> {
         }
         if let Some(h) = &self.handover {
             consider(h.deadline);
+        }
+        if let Some(t) = self.control.as_ref().and_then(ControlEndpoint::next_wake) {
+            consider(t);
         }
         if let Role::Draining { deadline, killed } = self.role {
             if !killed {
@@ -984,43 +975,16 @@ impl<'c> Supervisor<'c> {
 
     // ----- the control socket -----
 
-    fn accept_clients(&mut self) {
-        let Some(server) = &self.control else { return };
-        loop {
-            match server.accept() {
-                Ok(Some(connection)) if self.clients.len() < MAX_CLIENTS => {
-                    self.clients.push(connection)
-                }
-                Ok(Some(connection)) => {
-                    let _ = connection.reply(&Reply::Err(
-                        Refusal::Busy,
-                        "too many control connections at once; try again".into(),
-                    ));
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    warn!("accepting a control connection: {e}");
-                    return;
-                }
-            }
+    fn on_control(&mut self) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        for (connection, request) in control.service(Instant::now()) {
+            self.on_request(connection, request);
         }
     }
 
-    fn on_client(&mut self, index: usize) {
-        // An earlier event of the same wake-up (a completed hand-over) may
-        // have closed the client list.
-        let Some(client) = self.clients.get(index) else {
-            return;
-        };
-        let request = match client.read_request() {
-            Ok(None) => return,
-            Ok(Some(request)) => request,
-            Err(_) => {
-                self.clients.swap_remove(index);
-                return;
-            }
-        };
-        let connection = self.clients.swap_remove(index);
+    fn on_request(&mut self, connection: ControlConnection, request: Result<Request, String>) {
         match request {
             Err(text) => {
                 let _ = connection.reply(&Reply::not_a_request(&text));
@@ -1079,6 +1043,13 @@ impl<'c> Supervisor<'c> {
                 requester,
                 Refusal::Busy,
                 busy_text(n + 1, h.started.elapsed()),
+            );
+        }
+        if self.role != Role::Main {
+            return self.refuse(
+                requester,
+                Refusal::Busy,
+                format!("generation {n} is not the main process (yet); ask the main process"),
             );
         }
         if self.stopping {
@@ -1223,9 +1194,8 @@ impl<'c> Supervisor<'c> {
         self.successor_link = Some(h.channel);
         // The new main process keeps track of the older generations now.
         self.older = OlderGenerations::default();
-        self.control = None;
-        for connection in self.clients.drain(..) {
-            let _ = connection.reply(&Reply::handed_over(pid));
+        if let Some(control) = self.control.take() {
+            control.close_with(&Reply::handed_over(pid));
         }
         self.forward(self.config.drain_signal);
         self.role = Role::Draining {
@@ -1343,7 +1313,6 @@ impl<'c> Supervisor<'c> {
             self.relay_to_manager(&message);
         }
         self.retire_listeners();
-        self.open_control();
         if let Some(channel) = &self.predecessor {
             let _ = channel.send(&Message::Done);
         }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::drain::DrainReason;
 use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
 use crate::exec::control::{
-    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlServer, Refusal, Reply,
+    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlEndpoint, Refusal, Reply,
     Request,
 };
 use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
@@ -25,8 +25,6 @@ use crate::sys::spawn::{DetachedCommand, ListenIdentity};
 
 /// Time on top of the ready timeout for the hand-over's own messages.
 const MARGIN: Duration = Duration::from_secs(5);
-/// How long a control client may take to send its request.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for the manager to confirm MAINPID=.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,8 +48,9 @@ struct Worker {
     signals: OwnedFd,
     wake: OwnedFd,
     commands: Receiver<Command>,
-    control: Option<ControlServer>,
-    clients: Vec<(ControlConnection, Instant)>,
+    /// Bound before the thread starts (so before this generation can become
+    /// the main process); closed when it hands over.
+    control: Option<ControlEndpoint>,
     upgrade: Option<Upgrade>,
     /// After handing over: the channel to the next generation, on which a
     /// newer one may tell this one to end early.
@@ -67,14 +66,13 @@ pub(super) fn start(
     wake: OwnedFd,
     commands: Receiver<Command>,
 ) -> io::Result<()> {
-    let control = ControlServer::bind()?;
+    let control = ControlEndpoint::bind()?;
     let worker = Worker {
         shared,
         signals,
         wake,
         commands,
         control: Some(control),
-        clients: Vec::new(),
         upgrade: None,
         successor_link: None,
         stopping: false,
@@ -104,8 +102,7 @@ impl Worker {
             while let Ok(Command::Upgrade(reply)) = self.commands.try_recv() {
                 self.start_upgrade(Requester::Call(reply));
             }
-            self.accept_clients();
-            self.read_requests();
+            self.serve_control();
             self.on_successor();
             self.on_successor_link();
             self.check_deadlines();
@@ -115,7 +112,12 @@ impl Worker {
     /// Sleeps until something happens or the next deadline.
     fn wait(&self) {
         let now = Instant::now();
-        let mut deadlines: Vec<Instant> = self.clients.iter().map(|(_, d)| *d).collect();
+        let mut deadlines: Vec<Instant> = self
+            .control
+            .as_ref()
+            .and_then(ControlEndpoint::next_wake)
+            .into_iter()
+            .collect();
         deadlines.extend(self.upgrade.as_ref().map(|u| u.deadline));
         deadlines.extend(self.shared.drain.notice().map(|n| n.deadline));
         let timeout = deadlines.into_iter().min().and_then(|d| {
@@ -123,8 +125,7 @@ impl Worker {
             rustix::time::Timespec::try_from(left).ok()
         });
         let mut watched: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd(), self.wake.as_fd()];
-        watched.extend(self.control.as_ref().map(|c| c.as_fd()));
-        watched.extend(self.clients.iter().map(|(c, _)| c.as_fd()));
+        watched.extend(self.control.iter().flat_map(ControlEndpoint::fds));
         watched.extend(self.upgrade.as_ref().map(|u| u.channel.as_fd()));
         watched.extend(self.successor_link.as_ref().map(|c| c.as_fd()));
         let mut fds: Vec<PollFd<'_>> = watched
@@ -134,27 +135,12 @@ impl Worker {
         let _ = poll(&mut fds, timeout.as_ref());
     }
 
-    fn accept_clients(&mut self) {
-        let Some(control) = &self.control else { return };
-        while let Ok(Some(connection)) = control.accept() {
-            self.clients
-                .push((connection, Instant::now() + CLIENT_TIMEOUT));
-        }
-    }
-
-    fn read_requests(&mut self) {
-        let mut i = 0;
-        while i < self.clients.len() {
-            match self.clients[i].0.read_request() {
-                Ok(None) => i += 1,
-                Err(_) => {
-                    self.clients.swap_remove(i);
-                }
-                Ok(Some(request)) => {
-                    let (connection, _) = self.clients.swap_remove(i);
-                    self.on_request(connection, request);
-                }
-            }
+    fn serve_control(&mut self) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        for (connection, request) in control.service(Instant::now()) {
+            self.on_request(connection, request);
         }
     }
 
@@ -428,9 +414,8 @@ impl Worker {
 
     fn begin_drain(&mut self, successor: u32) {
         // Requests now go to the new main process.
-        self.control = None;
-        for (connection, _) in self.clients.drain(..) {
-            let _ = connection.reply(&Reply::handed_over(successor));
+        if let Some(control) = self.control.take() {
+            control.close_with(&Reply::handed_over(successor));
         }
         self.shared.drain.begin(
             DrainReason::HandedOver { successor },
@@ -488,7 +473,6 @@ impl Worker {
 
     fn check_deadlines(&mut self) {
         let now = Instant::now();
-        self.clients.retain(|(_, deadline)| *deadline > now);
         if let Some(u) = &self.upgrade {
             if now >= u.deadline {
                 let reason = format!(

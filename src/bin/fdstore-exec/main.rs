@@ -49,14 +49,37 @@ fn own_path() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
 }
 
+/// The signals that end a reload client: a stop of the unit while a reload
+/// is pending terminates `ExecReload=`, which must then exit 0 so that the
+/// unit does not end up failed (the stop abandons the hand-over anyway).
+fn client_signals() -> nix::sys::signal::SigSet {
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+}
+
 fn main() {
+    // The very first thing, before the arguments are even looked at: a
+    // `systemctl stop` racing `systemctl reload` sends SIGTERM to the reload
+    // client within its first milliseconds, and the default action (die)
+    // would mark the unit failed. What is left is the time from execve(2)
+    // to here (see fdstore(7) SECURITY). Other roles restore the mask.
+    let inherited_mask = client_signals().thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+    let restore_mask = || {
+        if let Ok(mask) = &inherited_mask {
+            let _ = mask.thread_set_mask();
+        }
+    };
     let args: Vec<OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some(exec::TRAMPOLINE_ARG) => {
+            restore_mask();
             let rest = args.get(3..).unwrap_or_default();
             std::process::exit(exec::run_trampoline(rest));
         }
         Some(handover::SPAWN_ARG) => {
+            restore_mask();
             let rest = args.get(3..).unwrap_or_default();
             std::process::exit(handover::run_intermediate(rest));
         }
@@ -69,7 +92,7 @@ fn main() {
     match cli.action {
         Some(Action::Reload(target)) => std::process::exit(client(&target, Request::Reload)),
         Some(Action::Status(target)) => std::process::exit(client(&target, Request::Status)),
-        None => {}
+        None => restore_mask(),
     }
     // Before logging opens the journal's socket: see exec::Inherited.
     let inherited = exec::Inherited::take();
@@ -125,19 +148,13 @@ fn client(target: &Target, request: Request) -> i32 {
             return status;
         }
     };
-    // A stop of the unit while a reload is pending terminates this process;
-    // it then exits 0 so that the unit does not end up failed (the stop
-    // aborts the hand-over anyway).
-    let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    let interrupt = signals.thread_block().ok().and_then(|_| {
-        nix::sys::signalfd::SignalFd::with_flags(
-            &signals,
-            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-        )
-        .ok()
-    });
+    // The signals were blocked first thing in main (client_signals); one
+    // that arrived since is pending and makes the signalfd readable at once.
+    let interrupt = nix::sys::signalfd::SignalFd::with_flags(
+        &client_signals(),
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .ok();
     let interrupt_fd = interrupt.as_ref().map(std::os::fd::AsFd::as_fd);
     match control::request(pid, request, interrupt_fd, None) {
         Ok(Some(Reply::Ok(text))) => {
@@ -152,18 +169,13 @@ fn client(target: &Target, request: Request) -> i32 {
             eprintln!("fdstore-exec {verb}: interrupted; the unit is probably stopping, which abandons the reload");
             0
         }
-        Err(e)
-            if e.kind() == std::io::ErrorKind::ConnectionRefused
-                || e.kind() == std::io::ErrorKind::NotFound =>
-        {
-            eprintln!(
-                "fdstore-exec {verb}: pid {pid} has no fdstore control socket ({e}); is it the main process of a unit run by fdstore-exec (or the fdstore library)?"
-            );
-            exec::sysexits::UNAVAILABLE
+        Err(e @ control::ClientError::Io(_)) => {
+            eprintln!("fdstore-exec {verb}: talking to pid {pid}: {e}");
+            e.exit_status()
         }
         Err(e) => {
-            eprintln!("fdstore-exec {verb}: talking to pid {pid}: {e}");
-            exec::sysexits::UNAVAILABLE
+            eprintln!("fdstore-exec {verb}: {e}");
+            e.exit_status()
         }
     }
 }

@@ -1,0 +1,431 @@
+//! The control endpoint under attack by another local user (issue 14,
+//! points 1–4, 8, 9, 12 and 13), on every harness systemd: a user who binds
+//! the control socket names first (squatting), holds silent connections,
+//! floods the endpoint with connections or the notification socket with
+//! datagrams; a stop racing a reload; a new generation that stalls after it
+//! was made the main process.
+//!
+//! The attacker is a Python program run as `nobody` through `setpriv`
+//! (root for the client-count bound, which counts root's clients too).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use support::app::{fdstore_exec, main_pid, start_app};
+use support::load::{Load, Mode};
+use support::{example, free_port, report_lines, wait_for, Systemd};
+
+/// The attacker. `squat REPORT PIDS START`: binds the legacy name and a
+/// token name for every pid in PIDS (comma-separated), the legacy name of
+/// every other pid from START to pid_max (step 2: two squatters cover all),
+/// and answers every connection with a fake `OK`. `hold REPORT PID N`:
+/// opens N connections to pid PID's control sockets and stays silent.
+/// `flood REPORT PID SECONDS`: connects as fast as it can for SECONDS,
+/// holding up to 4,000 connections.
+const ATTACKER: &str = r#"import errno, os, resource, select, socket, sys, time
+mode, report = sys.argv[1], sys.argv[2]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def say(text):
+    with open(report, 'a') as f:
+        f.write(text + '\n')
+def names_of(pid):
+    legacy, prefix = '@fdstore/control/%d' % pid, '@fdstore/control/%d/' % pid
+    found = []
+    with open('/proc/net/unix') as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and (fields[7] == legacy or fields[7].startswith(prefix)):
+                found.append(fields[7][1:])
+    return found
+def connect(name):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.setblocking(False)
+    try:
+        s.connect('\0' + name)
+        return s
+    except OSError:
+        s.close()
+        return None
+if mode == 'squat':
+    pids = [int(p) for p in sys.argv[3].split(',') if p]
+    pid_max = int(open('/proc/sys/kernel/pid_max').read())
+    names = ['fdstore/control/%d' % p for p in range(int(sys.argv[4]), pid_max, 2)]
+    for pid in pids:
+        names += ['fdstore/control/%d' % pid, 'fdstore/control/%d/%s' % (pid, os.urandom(16).hex())]
+    listeners = {}
+    if True:
+        for name in names:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                s.bind('\0' + name)
+            except OSError:
+                s.close()
+                continue
+            s.listen(4)
+            s.setblocking(False)
+            listeners[s.fileno()] = s
+    poller = select.poll()
+    for fd in listeners:
+        poller.register(fd, select.POLLIN)
+    say('squatting %d' % len(listeners))
+    while True:
+        for fd, _ in poller.poll():
+            try:
+                c, _ = listeners[fd].accept()
+            except OSError:
+                continue
+            try:
+                c.settimeout(0.2)
+                c.recv(4096)
+                c.send(b'OK generation 1, pid 1: serving (fake)')
+            except OSError:
+                pass
+            c.close()
+elif mode == 'hold':
+    pid, n = int(sys.argv[3]), int(sys.argv[4])
+    held = []
+    deadline = time.time() + 10
+    while len(held) < n and time.time() < deadline:
+        for name in names_of(pid):
+            s = connect(name)
+            if s is not None:
+                held.append(s)
+                break
+        else:
+            time.sleep(0.001)
+    say('holding %d' % len(held))
+    time.sleep(3600)
+elif mode == 'flood':
+    pid, seconds = int(sys.argv[3]), float(sys.argv[4])
+    names = names_of(pid)
+    held, made = [], 0
+    end = time.time() + seconds
+    while time.time() < end:
+        for name in names:
+            s = connect(name)
+            if s is None:
+                time.sleep(0.0005)
+                continue
+            made += 1
+            held.append(s)
+            if len(held) > 4000:
+                held.pop(0).close()
+    say('flooded %d' % made)
+"#;
+
+/// A directory `nobody` can write to, with the attacker script in it.
+struct Attacker {
+    dir: PathBuf,
+    script: PathBuf,
+    report: PathBuf,
+}
+
+impl Attacker {
+    fn new(tag: &str) -> Attacker {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("fdstore-security-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = dir.join("attacker.py");
+        std::fs::write(&script, ATTACKER).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let report = dir.join("report");
+        Attacker {
+            dir,
+            script,
+            report,
+        }
+    }
+
+    /// Runs the attacker with `args` as `nobody` (or as root).
+    fn spawn(&self, as_nobody: bool, args: &[&str]) -> Running {
+        let mut command = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+            ]);
+            c
+        } else {
+            Command::new("/usr/bin/python3")
+        };
+        let child = command
+            .arg(&self.script)
+            .arg(args[0])
+            .arg(&self.report)
+            .args(&args[1..])
+            .spawn()
+            .expect("setpriv and python3 are needed (util-linux, python3)");
+        Running(child)
+    }
+
+    /// Waits for the attacker's report line starting with `prefix`; returns
+    /// the number after it.
+    fn wait_for(&self, prefix: &str) -> u64 {
+        let line = wait_for(
+            &format!("the attacker to say {prefix:?}"),
+            Duration::from_secs(30),
+            || report_lines(&self.report, prefix).pop(),
+        );
+        line[prefix.len()..].trim().parse().unwrap()
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An attacker process, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two squatters that bind the legacy name of every pid (today's main
+/// binds `@fdstore/control/PID`; pids come too fast on a busy machine to
+/// predict the next ones), and the legacy and a token name of each of
+/// `pids`. Returns them once they are listening.
+fn squat_all(attacker: &Attacker, pids: &[u32]) -> [Running; 2] {
+    let listed: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let listed = listed.join(",");
+    let squatters = [
+        attacker.spawn(true, &["squat", &listed, "300"]),
+        attacker.spawn(true, &["squat", "", "301"]),
+    ];
+    wait_for("both squatters to listen", Duration::from_secs(60), || {
+        (report_lines(&attacker.report, "squatting ").len() == 2).then_some(())
+    });
+    squatters
+}
+
+/// `fdstore-exec ARGS` (as root) and its output.
+fn fe(args: &[&str]) -> std::process::Output {
+    Command::new(fdstore_exec()).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Points 1 and 13 for fdstore-exec: `nobody` binds the names of the
+/// current main process and of every other pid, and answers `OK` on all of
+/// them. Today's main: the new main process could not bind its name, and
+/// the next `systemctl reload` got the squatter's `OK` (exit 0, nothing
+/// reloaded). Now both reloads hand over, status is the real one, and a pid
+/// whose only sockets are the squatter's is refused with EX_PROTOCOL.
+fn a_squatter_never_answers_for_fdstore_exec(sd: &Systemd) {
+    let (_, app) = start_app(sd, "receive serve web ready", "", "");
+    let first = main_pid(sd);
+    let attacker = Attacker::new("squat-exec");
+    // A process that is not fdstore's: only the squatter answers for it.
+    let bystander = Running(Command::new("sleep").arg("600").spawn().unwrap());
+    let _squatters = squat_all(&attacker, &[first, bystander.0.id()]);
+    let mut main = first;
+    for round in 1..=2 {
+        sd.ok(&["reload", "app.service"]);
+        let now = main_pid(sd);
+        assert_ne!(now, main, "round {round}: no hand-over");
+        assert_eq!(
+            app.starts().len(),
+            round + 1,
+            "round {round}: no new program"
+        );
+        main = now;
+    }
+    let out = fe(&["status", "--pid", &main.to_string()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("generation 3, pid "), "{stdout}");
+    assert!(!stdout.contains("fake"), "{stdout}");
+    // A pid whose only control sockets are the squatter's.
+    let out = fe(&["status", "--pid", &bystander.0.id().to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "EX_PROTOCOL: {stderr}");
+    assert!(
+        stderr.contains("uid 65534") && stderr.contains("squatting"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("fake"));
+}
+
+/// The library example upgrade_std as app.service; returns the port.
+fn start_library(sd: &Systemd) -> u16 {
+    let port = install_library(sd);
+    sd.ok(&["start", "app.service"]);
+    port
+}
+
+/// Installs (does not start) the library example upgrade_std as
+/// app.service; returns the port.
+fn install_library(sd: &Systemd) -> u16 {
+    let port = free_port();
+    sd.install(&[(
+        "app.service",
+        &format!(
+            "[Service]\nType=notify\nFileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStartSec=30\n\
+             Restart=on-failure\nRestartSec=100ms\n\
+             ExecStart={} --listen http=tcp:127.0.0.1:{port} --drain-timeout 5s\n\
+             ExecReload={} reload\n",
+            example("upgrade_std").display(),
+            fdstore_exec(),
+        ),
+    )]);
+    port
+}
+
+/// One `GET /` on a new connection: the body, or what failed.
+fn get(port: u16) -> Result<String, String> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
+        _ => Err(format!("bad response {text:?}")),
+    }
+}
+
+/// Point 2: the same squatter before a library service starts. Today's
+/// main: `Upgrader` could not bind its name ("Address already in use") and
+/// the unit failed. Now it starts, serves, reloads, and reports its real
+/// status.
+fn a_squatter_cannot_keep_a_library_service_from_starting(sd: &Systemd) {
+    let port = install_library(sd);
+    let attacker = Attacker::new("squat-library");
+    let _squatters = squat_all(&attacker, &[]);
+    sd.ok(&["start", "app.service"]);
+    let first = main_pid(sd);
+    assert!(get(port).unwrap().contains("generation 1)"));
+    sd.ok(&["reload", "app.service"]);
+    let second = main_pid(sd);
+    assert_ne!(second, first, "no hand-over");
+    assert!(get(port).unwrap().contains("generation 2)"));
+    let out = fe(&["status", "--pid", &second.to_string()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("generation 2, pid "), "{stdout}");
+    assert_eq!(sd.show("app.service", "NRestarts"), "0");
+}
+
+/// Point 4: `nobody` holds as many silent connections as it can get to
+/// fdstore-exec's control socket. Today's main: 16 of them blocked every
+/// reload and root's status for as long as they were held. Now at most 8
+/// are from other users, each for at most 2 s, and root's reload and status
+/// go through at once.
+fn silent_clients_of_another_user_block_no_reload(sd: &Systemd) {
+    let (_, app) = start_app(sd, "receive serve web ready", "", "");
+    let main = main_pid(sd);
+    let attacker = Attacker::new("silent");
+    let _holder = attacker.spawn(true, &["hold", &main.to_string(), "64"]);
+    assert!(attacker.wait_for("holding ") >= 16);
+    let out = fe(&["status", "--pid", &main.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = fe(&["reload", "--pid", &main.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(main_pid(sd), main);
+    assert_eq!(app.starts().len(), 2);
+}
+
+/// Point 13: with 16 clients connected (root's, which count against the
+/// whole bound), the 17th gets `ERR busy` (exit 75) with the reason;
+/// today's main reset its connection (exit 69, "Connection reset").
+fn the_client_over_the_bound_is_told_busy(sd: &Systemd) {
+    let _ = start_app(sd, "receive serve web ready", "", "");
+    let main = main_pid(sd);
+    let attacker = Attacker::new("bound");
+    let _holder = attacker.spawn(false, &["hold", &main.to_string(), "16"]);
+    assert_eq!(attacker.wait_for("holding "), 16);
+    // Within the holders' 2 s: the server has accepted them all by now.
+    std::thread::sleep(Duration::from_millis(200));
+    let out = fe(&["status", "--pid", &main.to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "EX_TEMPFAIL: {stderr}");
+    assert!(
+        stderr.contains("16 control connections are open already; try again"),
+        "{stderr}"
+    );
+}
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Point 3: `nobody` floods the library's control socket with connections
+/// for 5 s while HTTP clients load the service. Today's main: the process
+/// ran into its descriptor limit (1024), spun at ~150% CPU and failed
+/// hundreds of requests. Now its descriptors stay bounded, no request
+/// fails, and a reload works right after.
+fn a_connection_flood_does_not_starve_a_library_service(sd: &Systemd) {
+    let port = start_library(sd);
+    let main = main_pid(sd);
+    let before = fd_count(main);
+    let load = Load::start(port, Mode::NewConnection, 2);
+    let attacker = Attacker::new("flood");
+    let flood = attacker.spawn(true, &["flood", &main.to_string(), "5"]);
+    let started = Instant::now();
+    let mut most = 0;
+    while report_lines(&attacker.report, "flooded ").is_empty()
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        most = most.max(fd_count(main));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let made = attacker.wait_for("flooded ");
+    drop(flood);
+    let report = load.stop();
+    assert!(made > 100, "the flood made only {made} connections");
+    assert!(
+        most <= before + 40,
+        "descriptors of the library process grew from {before} to {most} under the flood"
+    );
+    assert_eq!(
+        report.failed(),
+        0,
+        "{:?} {:?}",
+        report.failures,
+        report.examples
+    );
+    sd.ok(&["reload", "app.service"]);
+    assert_ne!(main_pid(sd), main);
+    let body = get(port);
+    assert!(
+        body.as_ref().is_ok_and(|b| b.contains("generation 2)")),
+        "{body:?}"
+    );
+}
+
+on_each_systemd!(
+    a_squatter_never_answers_for_fdstore_exec,
+    a_squatter_cannot_keep_a_library_service_from_starting,
+    silent_clients_of_another_user_block_no_reload,
+    the_client_over_the_bound_is_told_busy,
+    a_connection_flood_does_not_starve_a_library_service,
+);
