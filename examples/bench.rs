@@ -1,7 +1,7 @@
 //! The reload-under-load benchmark: every scenario under a private systemd
-//! 252, HTTP load on loopback in both client modes, one results table.
-//! Run it with `bash tests/bench [RELOADS]` (as root), which builds
-//! everything first.
+//! (252, or `FDSTORE_BENCH_SYSTEMD=254|257|262`), HTTP load on loopback in
+//! both client modes, one results table. Run it with `bash tests/bench
+//! [RELOADS]` (as root), which builds everything first.
 //!
 //! Scenarios:
 //! - `handover (socket unit)`, `handover (fd store)`: fdstore-exec, a
@@ -11,12 +11,16 @@
 //! - `naive restart`: the program binds its own socket, `systemctl restart`;
 //! - `SO_REUSEPORT overlap`: start a new instance on the same port with
 //!   SO_REUSEPORT, then stop the old one;
+//! - `HAProxy`: Debian's haproxy in master-worker mode with `expose-fd
+//!   listeners`, serving the same answer, reloaded by `systemctl reload` of
+//!   Debian's unit (a configuration check, then SIGUSR2 to the master): the
+//!   anchor, the reload known to lose nothing;
 //! - `control: kill`: the server is killed outright once, which must show
 //!   failed requests (proof that failures are counted).
 //!
 //! Also measured: reload round trip minus the program's own time to ready,
 //! fdstore-exec's resident memory, its wake-ups while idle, and the time to
-//! hand over 1,000 listeners.
+//! hand over 1,000 listeners against one.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -41,6 +45,7 @@ enum Kind {
     NaiveRestart,
     ReuseportOverlap,
     NoopReload,
+    Haproxy,
     ControlKill,
 }
 
@@ -53,6 +58,7 @@ impl Kind {
             Kind::NaiveRestart => "naive restart (own socket)",
             Kind::ReuseportOverlap => "SO_REUSEPORT overlap (start new, stop old)",
             Kind::NoopReload => "systemd alone: reload with ExecReload=/bin/true",
+            Kind::Haproxy => "HAProxy master-worker seamless reload (Debian's unit)",
             Kind::ControlKill => "control: server killed once",
         }
     }
@@ -96,8 +102,9 @@ fn main() {
     let (new_connection, keep_alive) = clients();
     println!(
         "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
-         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd 252\n",
-        interval.as_millis()
+         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd {}\n",
+        interval.as_millis(),
+        systemd_version().number()
     );
     let kinds = [
         Kind::HandoverSocket,
@@ -106,6 +113,7 @@ fn main() {
         Kind::NaiveRestart,
         Kind::ReuseportOverlap,
         Kind::NoopReload,
+        Kind::Haproxy,
         Kind::ControlKill,
     ];
     // A third argument selects scenarios whose label contains it.
@@ -128,13 +136,19 @@ fn main() {
         );
         outcomes.push(outcome);
     }
-    println!("== 1,000 listeners ...");
-    let many = thousand_listeners(&paths);
+    // The cost of listeners: the same unit with the HTTP listener alone and
+    // with 1,000 more, no load.
+    let (one, many) = if "1,000 listeners".contains(&only) {
+        println!("== 1 and 1,000 listeners ...");
+        (listener_reloads(&paths, 0), listener_reloads(&paths, 1000))
+    } else {
+        Default::default()
+    };
 
     println!();
     print_table(&outcomes);
     println!();
-    print_extras(&outcomes, &many);
+    print_extras(&outcomes, &one, &many);
 
     let handover_clean = outcomes
         .iter()
@@ -193,10 +207,10 @@ fn clients() -> (usize, usize) {
     }
 }
 
-fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, String)> {
+fn units(paths: &Paths, kind: Kind, port: u16, config_path: &Path) -> Vec<(String, String)> {
     let fe = paths.fdstore_exec.display();
     let server = paths.server.display();
-    let config = config.display();
+    let config = config_path.display();
     let ready = ready_option();
     let common = "Type=notify\nKillMode=mixed\nTimeoutStartSec=30\nTimeoutStopSec=20\n";
     // Hundreds of restarts: without this, the default start limit (5 starts
@@ -250,6 +264,10 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
                  ExecReload=/bin/true\n"
             ),
         )],
+        // HAProxy as Debian ships it (master-worker by -Ws, Type=notify,
+        // ExecReload= a configuration check, then SIGUSR2 to the master),
+        // with the paths of this run; see haproxy_unit.
+        Kind::Haproxy => vec![("bench.service".into(), haproxy_unit(config_path))],
         Kind::ReuseportOverlap => vec![(
             "bench@.service".into(),
             format!(
@@ -259,11 +277,99 @@ fn units(paths: &Paths, kind: Kind, port: u16, config: &Path) -> Vec<(String, St
     }
 }
 
+/// Debian's haproxy.service, changed only where this run needs it: its
+/// configuration, pid file and master socket in the run's directory, and
+/// neither `EnvironmentFile=` (the machine's settings, which would override
+/// these) nor `BindReadOnlyPaths=/dev/log` (no syslog socket here; HAProxy
+/// logs nothing per request in this configuration anyway).
+fn haproxy_unit(config: &Path) -> String {
+    let shipped = [
+        "/usr/lib/systemd/system/haproxy.service",
+        "/lib/systemd/system/haproxy.service",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .unwrap_or_else(|| {
+        eprintln!("bench: no haproxy.service: install Debian's haproxy (tests/bench does)");
+        std::process::exit(69) // EX_UNAVAILABLE
+    });
+    let dir = config
+        .parent()
+        .expect("the configuration is in the run directory");
+    let adapt = |text: String, from: &str, to: &str| {
+        if !text.contains(from) {
+            eprintln!(
+                "bench: haproxy.service no longer contains {from:?}, which the benchmark adapts"
+            );
+            std::process::exit(69)
+        }
+        text.replace(from, to)
+    };
+    let text = adapt(shipped, "EnvironmentFile=-/etc/default/haproxy\n", "");
+    let text = adapt(text, "EnvironmentFile=-/etc/sysconfig/haproxy\n", "");
+    let text = adapt(
+        text,
+        "BindReadOnlyPaths=/dev/log:/var/lib/haproxy/dev/log\n",
+        "",
+    );
+    let text = adapt(
+        text,
+        "Environment=\"CONFIG=/etc/haproxy/haproxy.cfg\" \"PIDFILE=/run/haproxy.pid\" \"EXTRAOPTS=-S /run/haproxy-master.sock\"",
+        &format!(
+            "Environment=\"CONFIG={d}/haproxy.cfg\" \"PIDFILE={d}/haproxy.pid\" \"EXTRAOPTS=-S {d}/haproxy-master.sock\"",
+            d = dir.display()
+        ),
+    );
+    adapt(text, "[Unit]\n", "[Unit]\nStartLimitIntervalSec=0\n")
+}
+
+/// HAProxy serving the answer hello_http serves, from the same listen
+/// backlog, set up for seamless reloads as its documentation says: the
+/// listeners passed to the new worker (`expose-fd listeners`), and idle
+/// keep-alive connections of the old worker closed after their next
+/// response rather than at once (`option idle-close-on-response`, which
+/// would otherwise race clients sending on them).
+fn haproxy_config(dir: &Path, port: u16, body: &str) -> String {
+    format!(
+        "global\n    master-worker\n    stats socket {d}/haproxy-stats.sock mode 600 level admin expose-fd listeners\n\
+         defaults\n    mode http\n    option idle-close-on-response\n    timeout connect 5s\n    timeout client 30s\n\
+         \x20   timeout server 30s\n    timeout http-keep-alive 30s\n\
+         frontend bench\n    bind 127.0.0.1:{port} backlog 4096\n\
+         \x20   http-request return status 200 content-type text/plain string \"{body}\"\n",
+        d = dir.display(),
+        body = body.trim_end(),
+    )
+}
+
+/// The systemd version every scenario runs under: 252 (Debian 12's), or
+/// `FDSTORE_BENCH_SYSTEMD` (252, 254, 257 or 262).
+fn systemd_version() -> Version {
+    match std::env::var("FDSTORE_BENCH_SYSTEMD") {
+        Err(_) => Version::V252,
+        Ok(v) => Version::ALL
+            .into_iter()
+            .find(|x| x.number().to_string() == v)
+            .unwrap_or_else(|| {
+                eprintln!(
+                    "bench: FDSTORE_BENCH_SYSTEMD must be one of 252, 254, 257, 262, got {v:?}"
+                );
+                std::process::exit(64)
+            }),
+    }
+}
+
+const BODY: &str = "hello from the benchmark\n";
+
 fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) -> Outcome {
-    let sd = Systemd::start_logging(Version::V252, "info");
+    let sd = Systemd::start_logging(systemd_version(), "info");
     let port = free_port();
     let config = sd.path("bench.conf");
-    std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
+    std::fs::write(&config, BODY).expect("writing the configuration");
+    if kind == Kind::Haproxy {
+        let dir = config.parent().expect("the run directory");
+        std::fs::write(dir.join("haproxy.cfg"), haproxy_config(dir, port, BODY))
+            .expect("writing haproxy.cfg");
+    }
     let units = units(paths, kind, port, &config);
     let units: Vec<(&str, &str)> = units
         .iter()
@@ -293,10 +399,12 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     let mut round_trips = Vec::new();
     let mut event_failures = 0;
     let mut max_rss_kib = None;
+    let mut started_monotonic = Vec::new();
     for i in 0..events {
         let started = Instant::now();
+        started_monotonic.push(monotonic_now());
         let ok = match kind {
-            Kind::HandoverSocket | Kind::HandoverStore | Kind::NoopReload => {
+            Kind::HandoverSocket | Kind::HandoverStore | Kind::NoopReload | Kind::Haproxy => {
                 sd.systemctl(&["reload", "bench.service"]).status.success()
             }
             Kind::RestartMode | Kind::NaiveRestart => {
@@ -356,6 +464,8 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         });
     let logged = if kind.uses_fdstore_exec() {
         logged_times(&sd)
+    } else if kind == Kind::Haproxy {
+        haproxy_times(&sd, &started_monotonic)
     } else {
         LoggedTimes::default()
     };
@@ -436,6 +546,49 @@ fn logged_times(sd: &Systemd) -> LoggedTimes {
     times
 }
 
+/// CLOCK_MONOTONIC now: the clock of the journal's monotonic timestamps.
+fn monotonic_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// HAProxy's reload times from the journal: from each reload command's
+/// start to the master's next `Loading success.` (logged once it has
+/// forked the new worker on the inherited listeners and told the old ones
+/// to stop), by the journal's monotonic timestamps (`short-monotonic`, in
+/// µs; journald stamps a stderr line when it reads it, so this is an upper
+/// bound).
+fn haproxy_times(sd: &Systemd, starts: &[Duration]) -> LoggedTimes {
+    let mut times = LoggedTimes::default();
+    let Ok(out) = Command::new("journalctl")
+        .arg("-D")
+        .arg(sd.dir().join("journal"))
+        .args(["--no-pager", "-o", "short-monotonic"])
+        .output()
+    else {
+        return times;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let successes: Vec<Duration> = text
+        .lines()
+        .filter(|l| l.ends_with("Loading success."))
+        .filter_map(|l| {
+            let stamp = l.strip_prefix('[')?.split(']').next()?.trim();
+            Some(Duration::from_secs_f64(stamp.parse().ok()?))
+        })
+        .collect();
+    for (i, start) in starts.iter().enumerate() {
+        let next = starts.get(i + 1);
+        if let Some(done) = successes
+            .iter()
+            .find(|t| *t > start && next.map_or(true, |n| *t < n))
+        {
+            times.handover.push(*done - *start);
+        }
+    }
+    times
+}
+
 /// Parses a `Duration` printed with `{:?}` (`1.5ms`, `850.2µs`, `1.2s`).
 fn parse_debug_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
@@ -451,16 +604,20 @@ fn parse_debug_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-/// Hand-over of 1,000 listeners (abstract Unix sockets from a listener
-/// file) plus the HTTP one: `systemctl reload` round trips.
-fn thousand_listeners(paths: &Paths) -> Vec<Duration> {
-    let sd = Systemd::start_logging(Version::V252, "info");
+/// Reloads in the listener scenarios.
+const LISTENER_RELOADS: usize = 20;
+
+/// Hand-over of `extra` listeners (abstract Unix sockets from a listener
+/// file) plus the HTTP one: `systemctl reload` round trips and
+/// fdstore-exec's own hand-over times.
+fn listener_reloads(paths: &Paths, extra: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let sd = Systemd::start_logging(systemd_version(), "info");
     let port = free_port();
     let config = sd.path("bench.conf");
-    std::fs::write(&config, "hello from the benchmark\n").expect("writing the configuration");
+    std::fs::write(&config, BODY).expect("writing the configuration");
     let list = sd.path("listeners");
     let mut text = String::new();
-    for i in 0..1000 {
+    for i in 0..extra {
         text.push_str(&format!(
             "l{i}=unix:@fdstore-bench/{}/{i}\n",
             std::process::id()
@@ -479,13 +636,13 @@ fn thousand_listeners(paths: &Paths) -> Vec<Duration> {
     sd.install(&[("bench.service", &unit)]);
     sd.ok(&["start", "bench.service"]);
     let mut times = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..LISTENER_RELOADS {
         std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         sd.ok(&["reload", "bench.service"]);
         times.push(started.elapsed());
     }
-    times
+    (times, logged_times(&sd).handover)
 }
 
 fn ms(d: Duration) -> String {
@@ -539,14 +696,20 @@ fn print_table(outcomes: &[Outcome]) {
     }
 }
 
-fn print_extras(outcomes: &[Outcome], many: &[Duration]) {
+type ListenerTimes = (Vec<Duration>, Vec<Duration>);
+
+fn print_extras(
+    outcomes: &[Outcome],
+    (one, one_own): &ListenerTimes,
+    (many, many_own): &ListenerTimes,
+) {
     // What `systemctl reload` costs with a no-op ExecReload=: systemctl, the
     // manager's job and one process start. Every reload pays it.
     let systemd_alone = outcomes
         .iter()
         .find(|o| o.kind == Kind::NoopReload)
         .and_then(|o| median(o.round_trips.clone()));
-    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | fdstore-exec hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
+    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
     println!("|---|---|---|---|---|---|---|---|");
     let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
     for o in outcomes {
@@ -580,10 +743,24 @@ fn print_extras(outcomes: &[Outcome], many: &[Duration]) {
             o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
         );
     }
+    if one.is_empty() || many.is_empty() {
+        return;
+    }
     println!();
+    let (one50, many50) = (median(one.to_vec()), median(many.to_vec()));
     println!(
-        "1,000 listeners (+1 HTTP) handed over: systemctl reload p50 {} ms, max {} ms (10 reloads)",
-        median(many.to_vec()).map_or("-".into(), ms),
+        "listeners handed over, {LISTENER_RELOADS} reloads each, no load: the HTTP one alone: systemctl reload p50 {} ms, max {} ms; \
+         with 1,000 more: p50 {} ms, max {} ms; 1,000 listeners add {} ms (p50); \
+         fdstore-exec's own hand-over p50 {} ms and {} ms",
+        one50.map_or("-".into(), ms),
+        one.iter().max().map_or("-".into(), |d| ms(*d)),
+        many50.map_or("-".into(), ms),
         many.iter().max().map_or("-".into(), |d| ms(*d)),
+        match (one50, many50) {
+            (Some(a), Some(b)) => format!("{:+.1}", (b.as_secs_f64() - a.as_secs_f64()) * 1e3),
+            _ => "-".into(),
+        },
+        median(one_own.clone()).map_or("-".into(), ms),
+        median(many_own.clone()).map_or("-".into(), ms),
     );
 }
