@@ -142,7 +142,7 @@ fn main() {
         println!("== 1 and 1,000 listeners ...");
         (listener_reloads(&paths, 0), listener_reloads(&paths, 1000))
     } else {
-        Default::default()
+        (ListenerRun::default(), ListenerRun::default())
     };
 
     println!();
@@ -607,10 +607,35 @@ fn parse_debug_duration(text: &str) -> Option<Duration> {
 /// Reloads in the listener scenarios.
 const LISTENER_RELOADS: usize = 20;
 
+/// What the listener scenarios measured per reload.
+#[derive(Default)]
+struct ListenerRun {
+    /// `systemctl reload` round trips.
+    round_trips: Vec<Duration>,
+    /// fdstore-exec's own hand-over times (from its journal entries).
+    handovers: Vec<Duration>,
+    /// CPU time the unit's processes used from one reload to the next
+    /// (the unit cgroup's `cpu.stat` `usage_usec`: every generation,
+    /// intermediate and program, the drain included), which a busy machine
+    /// does not inflate the way it inflates wall-clock times.
+    cpu: Vec<Duration>,
+}
+
+/// The unit's CPU time so far (`usage_usec` of its cgroup's `cpu.stat`).
+fn unit_cpu(sd: &Systemd) -> Option<Duration> {
+    let stat = std::fs::read_to_string(sd.unit_cgroup("bench.service").join("cpu.stat")).ok()?;
+    let usec = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_micros(usec))
+}
+
 /// Hand-over of `extra` listeners (abstract Unix sockets from a listener
-/// file) plus the HTTP one: `systemctl reload` round trips and
-/// fdstore-exec's own hand-over times.
-fn listener_reloads(paths: &Paths, extra: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// file) plus the HTTP one.
+fn listener_reloads(paths: &Paths, extra: usize) -> ListenerRun {
     let sd = Systemd::start_logging(systemd_version(), "info");
     let port = free_port();
     let config = sd.path("bench.conf");
@@ -635,14 +660,23 @@ fn listener_reloads(paths: &Paths, extra: usize) -> (Vec<Duration>, Vec<Duration
     );
     sd.install(&[("bench.service", &unit)]);
     sd.ok(&["start", "bench.service"]);
-    let mut times = Vec::new();
+    let mut run = ListenerRun::default();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cpu_before = unit_cpu(&sd);
     for _ in 0..LISTENER_RELOADS {
-        std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         sd.ok(&["reload", "bench.service"]);
-        times.push(started.elapsed());
+        run.round_trips.push(started.elapsed());
+        // The drain (the old generation's end) is within the next 300 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu_after = unit_cpu(&sd);
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            run.cpu.push(b.saturating_sub(a));
+        }
+        cpu_before = cpu_after;
     }
-    (times, logged_times(&sd).handover)
+    run.handovers = logged_times(&sd).handover;
+    run
 }
 
 fn ms(d: Duration) -> String {
@@ -696,13 +730,7 @@ fn print_table(outcomes: &[Outcome]) {
     }
 }
 
-type ListenerTimes = (Vec<Duration>, Vec<Duration>);
-
-fn print_extras(
-    outcomes: &[Outcome],
-    (one, one_own): &ListenerTimes,
-    (many, many_own): &ListenerTimes,
-) {
+fn print_extras(outcomes: &[Outcome], one: &ListenerRun, many: &ListenerRun) {
     // What `systemctl reload` costs with a no-op ExecReload=: systemctl, the
     // manager's job and one process start. Every reload pays it.
     let systemd_alone = outcomes
@@ -743,24 +771,35 @@ fn print_extras(
             o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
         );
     }
-    if one.is_empty() || many.is_empty() {
+    if one.round_trips.is_empty() || many.round_trips.is_empty() {
         return;
     }
     println!();
-    let (one50, many50) = (median(one.to_vec()), median(many.to_vec()));
     println!(
-        "listeners handed over, {LISTENER_RELOADS} reloads each, no load: the HTTP one alone: systemctl reload p50 {} ms, max {} ms; \
-         with 1,000 more: p50 {} ms, max {} ms; 1,000 listeners add {} ms (p50); \
-         fdstore-exec's own hand-over p50 {} ms and {} ms",
-        one50.map_or("-".into(), ms),
-        one.iter().max().map_or("-".into(), |d| ms(*d)),
-        many50.map_or("-".into(), ms),
-        many.iter().max().map_or("-".into(), |d| ms(*d)),
-        match (one50, many50) {
+        "listeners handed over, {LISTENER_RELOADS} reloads each, no load (p50 ms): the HTTP listener alone / with 1,000 more / the difference"
+    );
+    let p50 = |v: &[Duration]| median(v.to_vec());
+    let row = |what: &str, a: Option<Duration>, b: Option<Duration>| {
+        let diff = match (a, b) {
             (Some(a), Some(b)) => format!("{:+.1}", (b.as_secs_f64() - a.as_secs_f64()) * 1e3),
             _ => "-".into(),
-        },
-        median(one_own.clone()).map_or("-".into(), ms),
-        median(many_own.clone()).map_or("-".into(), ms),
+        };
+        let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
+        println!("  {what}: {} / {} / {diff}", or_dash(a), or_dash(b));
+    };
+    row(
+        "systemctl reload round trip",
+        p50(&one.round_trips),
+        p50(&many.round_trips),
+    );
+    row(
+        "fdstore-exec hand-over",
+        p50(&one.handovers),
+        p50(&many.handovers),
+    );
+    row(
+        "CPU time of the unit per reload",
+        p50(&one.cpu),
+        p50(&many.cpu),
     );
 }

@@ -1,7 +1,8 @@
 //! Which listeners a generation has: received ones, created ones, and ones
 //! that were removed from the configuration.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 
 use tracing::{info, warn};
 
@@ -40,8 +41,10 @@ pub(crate) fn all_specs(
     if let Some(path) = listen_file {
         specs.extend(read_listen_file(path).map_err(|e| fail(sysexits::USAGE, e))?);
     }
-    for (i, spec) in specs.iter().enumerate() {
-        if specs[..i].iter().any(|s| s.name() == spec.name()) {
+    // A set, not a scan per spec: a listener file may name thousands.
+    let mut seen = HashSet::with_capacity(specs.len());
+    for spec in &specs {
+        if !seen.insert(spec.name()) {
             return Err(fail(
                 sysexits::USAGE,
                 format!(
@@ -74,8 +77,14 @@ pub(crate) fn gather(
         managed: specs.iter().map(|s| s.name().to_owned()).collect(),
         ..ListenerSet::default()
     };
+    // Lookups by name, each once per listener: with thousands of listeners,
+    // scanning the specs for every descriptor (and in every comparison of
+    // the sort) cost tens of milliseconds per reload.
+    let positions = spec_positions(specs);
+    let previously_managed: HashSet<&str> = previously_managed.iter().map(String::as_str).collect();
+    let mut received_names = Vec::with_capacity(received.len());
     for fd in received {
-        let spec = specs.iter().find(|s| s.name() == fd.name());
+        let spec = positions.get(fd.name()).map(|&i| &specs[i]);
         match spec {
             Some(spec) if is_main && no_longer_listening(&fd) => {
                 // A program shut it down (shutdown(2)) while draining: the
@@ -112,7 +121,7 @@ pub(crate) fn gather(
                     );
                 }
             }
-            None if previously_managed.iter().any(|n| n == fd.name()) => {
+            None if previously_managed.contains(fd.name()) => {
                 info!(
                     name = fd.name(),
                     "listener removed from the configuration; it is closed and removed from the fd store once this generation is the main process"
@@ -122,11 +131,13 @@ pub(crate) fn gather(
             }
             None => {}
         }
-        info!(name = fd.name(), fd = fd.as_raw_fd(), "received listener");
+        received_names.push(fd.name().to_owned());
         set.active.push(fd);
     }
+    log_received(&received_names);
+    let have: HashSet<String> = received_names.into_iter().collect();
     for spec in specs {
-        if set.active.iter().any(|l| l.name() == spec.name()) {
+        if have.contains(spec.name()) {
             continue;
         }
         let fd = spec
@@ -140,8 +151,42 @@ pub(crate) fn gather(
         }
         set.active.push(fd);
     }
-    put_in_order(&mut set.active, specs);
+    put_in_order(&mut set.active, &positions);
     Ok(set)
+}
+
+/// The most names one journal entry lists (the entry stays small however
+/// many listeners a unit has).
+const NAMES_LOGGED: usize = 16;
+
+/// One journal entry for all received listeners, not one each: a thousand
+/// entries per reload cost the journal (and the hand-over, which waits on
+/// it) far more than the descriptors themselves, and can run into
+/// journald's rate limit, which then drops the entries that matter.
+fn log_received(names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let list = names_in_brief(names);
+    info!(count = names.len(), names = %list, "received {} listener(s): {list}", names.len());
+}
+
+/// The first [`NAMES_LOGGED`] names, then how many more.
+fn names_in_brief(names: &[String]) -> String {
+    let shown = names[..names.len().min(NAMES_LOGGED)].join(", ");
+    match names.len().saturating_sub(NAMES_LOGGED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// Each spec's position by name.
+fn spec_positions(specs: &[ListenerSpec]) -> HashMap<&str, usize> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name(), i))
+        .collect()
 }
 
 /// Puts the listeners into the one order the program sees in every
@@ -151,15 +196,17 @@ pub(crate) fn gather(
 /// name (socket units, fd-store entries) sorted by name. Descriptors sharing
 /// a name (a socket unit with several addresses) keep systemd's order, which
 /// is the unit's. Programs that take listeners by number rely on this.
-fn put_in_order(active: &mut [NamedFd], specs: &[ListenerSpec]) {
-    active.sort_by(|a, b| order_key(a.name(), specs).cmp(&order_key(b.name(), specs)));
+fn put_in_order(active: &mut [NamedFd], positions: &HashMap<&str, usize>) {
+    // A stable sort: descriptors sharing a name keep systemd's order.
+    active.sort_by(|a, b| order_key(a.name(), positions).cmp(&order_key(b.name(), positions)));
 }
 
-/// Where a name goes: spec names by position, then the rest by name.
-fn order_key<'a>(name: &'a str, specs: &[ListenerSpec]) -> (usize, &'a str) {
-    match specs.iter().position(|s| s.name() == name) {
-        Some(i) => (i, ""),
-        None => (specs.len(), name),
+/// Where a name goes: spec names by position (`positions`, from
+/// [`spec_positions`]), then the rest by name.
+fn order_key<'a>(name: &'a str, positions: &HashMap<&str, usize>) -> (usize, &'a str) {
+    match positions.get(name) {
+        Some(&i) => (i, ""),
+        None => (positions.len(), name),
     }
 }
 
@@ -219,7 +266,10 @@ pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
 
 #[cfg(test)]
 mod tests {
-    use super::{dead_listeners, fd_store_too_small, no_longer_listening, order_key};
+    use super::{
+        dead_listeners, fd_store_too_small, names_in_brief, no_longer_listening, order_key,
+        spec_positions,
+    };
     use crate::listen::NamedFd;
     use crate::spec::ListenerSpec;
 
@@ -243,9 +293,21 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
+        let positions = spec_positions(&specs);
         let mut names = vec!["zeta", "alpha", "gamma", "beta", "zeta"];
-        names.sort_by_key(|n| order_key(n, &specs));
+        names.sort_by_key(|n| order_key(n, &positions));
         assert_eq!(names, ["beta", "alpha", "gamma", "zeta", "zeta"]);
+    }
+
+    #[test]
+    fn received_listeners_are_logged_in_one_bounded_entry() {
+        let few: Vec<String> = ["http", "admin"].map(String::from).to_vec();
+        assert_eq!(names_in_brief(&few), "http, admin");
+        let many: Vec<String> = (0..1000).map(|i| format!("l{i}")).collect();
+        let text = names_in_brief(&many);
+        assert!(text.starts_with("l0, l1, "), "{text}");
+        assert!(text.ends_with("l15 and 984 more"), "{text}");
+        assert!(!text.contains("l16"), "{text}");
     }
 
     #[test]
