@@ -1,6 +1,6 @@
 //! A threaded std HTTP/1.1 server that upgrades itself in place with
 //! [`fdstore::Upgrader`]: no wrapper, the same `ExecReload=fdstore-exec
-//! reload` line (units in `units/upgrade-std.service`).
+//! reload` line (units in `units/app-library.service`).
 //!
 //! ```text
 //! upgrade_std [--listen NAME=tcp:ADDRESS:PORT] [--config FILE] [--drain-timeout DURATION]

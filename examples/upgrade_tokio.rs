@@ -1,6 +1,6 @@
 //! A tokio + hyper HTTP/1.1 server that upgrades itself in place with
 //! [`fdstore::Upgrader`] (feature `tokio`; units in
-//! `units/upgrade-tokio.service`).
+//! `units/app-library-tokio.{socket,service}`).
 //!
 //! ```text
 //! upgrade_tokio [--listen NAME=tcp:ADDRESS:PORT] [--config FILE] [--drain-timeout DURATION]

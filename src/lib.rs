@@ -39,8 +39,10 @@
 //! ```
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bind;
+pub mod client;
 mod duration;
 pub mod exec;
 mod kind;
@@ -54,8 +56,12 @@ mod upgrade;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod serve;
 
 pub use bind::{BindError, DEFAULT_BACKLOG};
+pub use client::{reload, reload_status};
 pub use duration::parse_duration;
 pub use exec::AtMaxGenerations;
 pub use kind::{FdKind, WrongKind};

@@ -1,5 +1,7 @@
 //! In-process graceful upgrades; the public face is [`Upgrader`].
 
+#[cfg(feature = "tokio")]
+mod async_api;
 mod drain;
 mod signals;
 mod worker;
@@ -203,6 +205,11 @@ pub(crate) struct Shared {
     pub args: Vec<OsString>,
     pub drain: Drain,
     pub state: Mutex<State>,
+    /// The write end of the upgrade thread's wake-up pipe. Kept here, not
+    /// in the [`Upgrader`], so that it lives as long as the thread: dropping
+    /// the last `Upgrader` must not leave the thread polling a pipe at end
+    /// of file (which is always readable: a busy loop).
+    pub wake: OwnedFd,
 }
 
 /// What changes while the generation runs.
@@ -219,6 +226,9 @@ pub(crate) struct State {
     pub predecessor: Option<Channel>,
     /// Whether [`Upgrader::ready`] was called.
     pub ready: bool,
+    /// The names this generation asked for; a managed name not among them
+    /// at [`Upgrader::ready`] was removed from the program's specs.
+    pub requested: Vec<String>,
     /// The older generations still draining (see `exec::generations`).
     pub older: OlderGenerations,
 }
@@ -268,14 +278,63 @@ pub(crate) enum Command {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// One per process. Creating it installs handlers for SIGHUP (upgrade),
-/// SIGTERM and SIGINT (drain, then exit by the deadline) and starts a
-/// thread that answers `fdstore-exec reload` and `fdstore-exec status`.
-#[derive(Debug)]
+/// One per process, cheap to clone: every clone is the same upgrader (an
+/// `Arc` inside), so hand clones to tasks and threads instead of wrapping it
+/// in an `Arc`. Dropping every clone is harmless: the upgrade thread keeps
+/// answering reloads and signals, without using the CPU, until the process
+/// exits.
+///
+/// # Blocking
+///
+/// [`ready`](Upgrader::ready) blocks in a new generation until the previous
+/// one made this process the main process (at most
+/// [`UpgradeOptions::ready_timeout`], usually milliseconds);
+/// [`upgrade`](Upgrader::upgrade) blocks until the new generation is ready
+/// or failed (at most the ready timeout plus a few seconds). The other
+/// methods do not wait. In async code call the `_async` forms (feature
+/// `tokio`), which run the wait on tokio's blocking pool.
+///
+/// # Caveats: process-wide effects
+///
+/// - Creating it installs handlers (a raw `sigaction`, replacing any handler
+///   installed before) for SIGTERM and SIGINT (drain, then exit by the
+///   deadline) and, only when a service manager runs the process
+///   (`$NOTIFY_SOCKET` is set), for SIGHUP (upgrade, as
+///   `Type=notify-reload` sends it). Outside a manager SIGHUP keeps its
+///   default: closing the terminal ends the program instead of starting a
+///   detached copy. A handler the application installs later (tokio's
+///   `signal::unix`, signal-hook) replaces or chains onto these: tokio's
+///   chains, so its SIGHUP stream fires too while the upgrade also runs;
+///   do not treat SIGHUP, SIGTERM or SIGINT as your own.
+/// - It takes `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_PIDFDID` and
+///   `LISTEN_FDNAMES` out of the environment (so that a child does not take
+///   them for its own). Changing the environment is not thread-safe in
+///   glibc: a concurrent `getenv` in another thread may read freed memory.
+///   Hence create it before starting threads that read the environment.
+///   Inside `#[tokio::main]` that is safe in practice (the runtime's idle
+///   workers read no environment); the airtight pattern creates it first
+///   and starts the runtime after:
+///
+/// ```no_run
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let upgrader = fdstore::Upgrader::from_env()?; // before any thread
+///     tokio::runtime::Runtime::new()?.block_on(serve(upgrader))
+/// }
+/// # async fn serve(_: fdstore::Upgrader) -> Result<(), Box<dyn std::error::Error>> { Ok(()) }
+/// ```
+///
+/// - It starts a thread (`fdstore-upgrade`) that answers
+///   `fdstore-exec reload`, `fdstore-exec status` and [`reload`](crate::reload()),
+///   and ends the process at the drain deadline.
+/// - An upgrade starts the program's executable again with the same
+///   arguments, its environment and the listeners; ask for every listener
+///   (by spec) before [`ready`](Upgrader::ready): a listener that an earlier
+///   generation created from a spec and this one does not ask for is taken
+///   out of the fd store and closed once this generation is the main process.
+#[derive(Debug, Clone)]
 pub struct Upgrader {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
-    wake: OwnedFd,
 }
 
 impl fmt::Debug for Shared {
@@ -338,6 +397,10 @@ impl Upgrader {
                 "cannot find this program's executable for the next generation: {e}"
             ))
         })?;
+        let (wake_read, wake) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| setup(format!("creating the wake-up pipe: {e}")))?;
         let shared = Arc::new(Shared {
             options,
             bound,
@@ -352,24 +415,18 @@ impl Upgrader {
                 unstored: Vec::new(),
                 predecessor,
                 ready: false,
+                requested: Vec::new(),
                 older,
             }),
+            wake,
         });
-        let signals =
-            signals::install().map_err(|e| setup(format!("installing signal handlers: {e}")))?;
-        let (wake_read, wake) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )
-        .map_err(|e| setup(format!("creating the wake-up pipe: {e}")))?;
+        let signals = signals::install(shared.notifier.is_enabled())
+            .map_err(|e| setup(format!("installing signal handlers: {e}")))?;
         let (commands, receiver) = mpsc::channel();
         worker::start(shared.clone(), signals, wake_read, receiver)
             .map_err(|e| setup(format!("starting the upgrade thread: {e}")))?;
         info!(generation = shared.generation, "fdstore upgrader started");
-        Ok(Upgrader {
-            shared,
-            commands,
-            wake,
-        })
+        Ok(Upgrader { shared, commands })
     }
 
     /// This generation's number: 1 for the first process of a unit's run,
@@ -401,8 +458,19 @@ impl Upgrader {
         let spec: ListenerSpec = spec.parse().map_err(|e| setup(format!("{e}")))?;
         let mut state = self.lock();
         let name = spec.name().to_owned();
+        if !state.requested.contains(&name) {
+            state.requested.push(name.clone());
+        }
         if let Some(fd) = state.listeners.iter().find(|l| l.name() == name) {
             if let Some(problem) = spec.mismatch(fd) {
+                if state.predecessor.is_some() {
+                    // A reload: as fdstore-exec, fail it (the old
+                    // generation keeps serving) rather than serve on the
+                    // old address while the configuration names another.
+                    return Err(setup(format!(
+                        "the listener {name:?} cannot become {spec}: {problem}. A listener keeps its address across a reload; give the new address a new name (the old one is closed after the reload), or restart the unit"
+                    )));
+                }
                 warn!(
                     name,
                     "the listener passed as {name:?} does not match {spec}: {problem}; using it"
@@ -412,6 +480,23 @@ impl Upgrader {
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(|e| setup(format!("duplicating listener {name:?}: {e}")));
+        }
+        if let Some(max) = self.shared.notifier.fd_store_max() {
+            // Those this generation keeps (asked for), not those it retires.
+            let mut names: Vec<&str> = state
+                .managed
+                .iter()
+                .filter(|n| state.requested.contains(n))
+                .map(String::as_str)
+                .collect();
+            if !names.contains(&name.as_str()) {
+                names.push(&name);
+            }
+            if names.len() > max {
+                return Err(setup(crate::exec::listeners::fd_store_too_small(
+                    max, &names,
+                )));
+            }
         }
         let fd = spec.bind().map_err(|e| setup(e.to_string()))?;
         let copy = fd
@@ -482,6 +567,7 @@ impl Upgrader {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn tokio_tcp_listener(&self, spec: &str) -> Result<tokio::net::TcpListener, UpgradeError> {
         let listener = self.tcp_listener(spec)?;
         listener
@@ -500,6 +586,7 @@ impl Upgrader {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn tokio_unix_listener(
         &self,
         spec: &str,
@@ -522,6 +609,7 @@ impl Upgrader {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn tokio_udp_socket(&self, spec: &str) -> Result<tokio::net::UdpSocket, UpgradeError> {
         let socket = self.udp_socket(spec)?;
         socket
@@ -548,6 +636,7 @@ impl Upgrader {
         let predecessor = self.lock().predecessor.take();
         if let Some(channel) = predecessor {
             self.become_main(&channel)?;
+            self.retire_unrequested();
             let unstored: Vec<String> = std::mem::take(&mut self.lock().unstored);
             let state = self.lock();
             for name in unstored {
@@ -594,7 +683,7 @@ impl Upgrader {
         self.commands
             .send(Command::Upgrade(reply))
             .map_err(|_| gone())?;
-        let _ = rustix::io::write(&self.wake, &[0]);
+        let _ = rustix::io::write(&self.shared.wake, &[0]);
         outcome.recv().map_err(|_| gone())?
     }
 
@@ -641,6 +730,40 @@ impl Upgrader {
                 Ok(Some(Some(_))) | Ok(None) => {}
                 Ok(Some(None)) => return Err(abandoned("it closed the hand-over channel".into())),
                 Err(e) => return Err(abandoned(e.to_string())),
+            }
+        }
+    }
+
+    /// Once this generation is the main process (only the main process may
+    /// change the fd store): closes the listeners that an earlier generation
+    /// created from a spec that this one did not ask for, and takes them out
+    /// of the fd store, as fdstore-exec does with listeners removed from its
+    /// configuration.
+    fn retire_unrequested(&self) {
+        let mut state = self.lock();
+        let State {
+            listeners,
+            managed,
+            requested,
+            ..
+        } = &mut *state;
+        let retired: Vec<String> = managed
+            .iter()
+            .filter(|n| !requested.contains(n))
+            .cloned()
+            .collect();
+        for name in &retired {
+            listeners.retain(|l| l.name() != name);
+            managed.retain(|n| n != name);
+            match self.shared.notifier.remove_fds(name) {
+                Ok(_) => info!(
+                    name,
+                    "listener {name:?} is no longer asked for: closed and removed from the fd store"
+                ),
+                Err(e) => warn!(
+                    name,
+                    "removing retired listener {name:?} from the fd store: {e}"
+                ),
             }
         }
     }

@@ -26,8 +26,11 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// The read end of the signal pipe. Installs the handlers once per process.
-pub(crate) fn install() -> io::Result<OwnedFd> {
+/// The read end of the signal pipe. Installs the handlers once per process:
+/// SIGTERM and SIGINT always, SIGHUP only `under_manager` (a service
+/// manager sends it to reload; outside one it means the terminal closed, and
+/// keeps its default, which ends the program).
+pub(crate) fn install(under_manager: bool) -> io::Result<OwnedFd> {
     if WRITE_END.load(Ordering::SeqCst) >= 0 {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
@@ -44,7 +47,8 @@ pub(crate) fn install() -> io::Result<OwnedFd> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for signal in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+    let hup = under_manager.then_some(Signal::SIGHUP);
+    for signal in [Signal::SIGTERM, Signal::SIGINT].into_iter().chain(hup) {
         // SAFETY: the handler only makes async-signal-safe calls (an atomic
         // load, write, errno) and touches no other state.
         unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;

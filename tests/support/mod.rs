@@ -47,7 +47,7 @@ macro_rules! on_each_systemd {
 }
 
 /// Examples that need a cargo feature (their `required-features`).
-const EXAMPLE_FEATURES: &[(&str, &str)] = &[("upgrade_tokio", "tokio")];
+const EXAMPLE_FEATURES: &[(&str, &str)] = &[("upgrade_tokio", "tokio"), ("axum", "axum")];
 
 /// The path of an example program, built (or found up to date) once per test
 /// process so that a test never runs a stale copy.

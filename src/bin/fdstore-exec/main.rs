@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use cli::{Action, Cli, Target};
-use fdstore::exec::control::{self, Reply, Request};
+use fdstore::exec::control::Request;
 use fdstore::exec::{self, handover, sysexits, Config, Outcome, ProgramSpec, SignalRoles};
 use nix::sys::signal::Signal;
 
@@ -148,36 +148,7 @@ fn client(target: &Target, request: Request) -> i32 {
             return status;
         }
     };
-    // The signals were blocked first thing in main (client_signals); one
-    // that arrived since is pending and makes the signalfd readable at once.
-    let interrupt = nix::sys::signalfd::SignalFd::with_flags(
-        &client_signals(),
-        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-    )
-    .ok();
-    let interrupt_fd = interrupt.as_ref().map(std::os::fd::AsFd::as_fd);
-    match control::request(pid, request, interrupt_fd, None) {
-        Ok(Some(Reply::Ok(text))) => {
-            println!("{text}");
-            0
-        }
-        Ok(Some(Reply::Err(kind, text))) => {
-            eprintln!("fdstore-exec {verb}: {text}");
-            kind.exit_status()
-        }
-        Ok(None) => {
-            eprintln!("fdstore-exec {verb}: interrupted; the unit is probably stopping, which abandons the reload");
-            0
-        }
-        Err(e @ control::ClientError::Io(_)) => {
-            eprintln!("fdstore-exec {verb}: talking to pid {pid}: {e}");
-            e.exit_status()
-        }
-        Err(e) => {
-            eprintln!("fdstore-exec {verb}: {e}");
-            e.exit_status()
-        }
-    }
+    fdstore::client::ask_main_process(pid, request, &format!("fdstore-exec {verb}"))
 }
 
 /// The pid of the main process: --pid, --unit (via systemctl), or $MAINPID.
@@ -208,18 +179,7 @@ fn resolve_pid(target: &Target) -> Result<u32, (i32, String)> {
             )),
         };
     }
-    match std::env::var("MAINPID") {
-        Ok(value) => value.trim().parse().map_err(|_| {
-            (
-                exec::sysexits::CONFIG,
-                format!("$MAINPID is {value:?}, not a pid"),
-            )
-        }),
-        Err(_) => Err((
-            exec::sysexits::USAGE,
-            "which process? run it from ExecReload= (systemd sets $MAINPID), or give --pid PID or --unit UNIT".into(),
-        )),
-    }
+    fdstore::client::main_pid_from_env()
 }
 
 /// Ends this process by `signal`, as the program ended.
