@@ -153,7 +153,19 @@ pub fn ask_main_process(pid: u32, request: Request, who: &str) -> i32 {
         SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
     });
     let interrupt_fd = interrupt.as_ref().map(AsFd::as_fd);
-    match control::request(pid, request, interrupt_fd, None) {
+    let outcome = control::request(pid, request, interrupt_fd, None);
+    // A failure while a stop signal is pending is the stop's doing (the
+    // main process went away with the unit): the same as an interruption.
+    let stopped = || {
+        interrupt
+            .as_ref()
+            .is_some_and(|fd| matches!(fd.read_signal(), Ok(Some(_))))
+    };
+    let outcome = match outcome {
+        Err(_) if stopped() => Ok(None),
+        other => other,
+    };
+    match outcome {
         Ok(Some(Reply::Ok(text))) => {
             println!("{text}");
             0

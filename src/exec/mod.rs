@@ -20,6 +20,7 @@ pub mod handover;
 mod limits;
 mod listen_file;
 pub(crate) mod listeners;
+mod log_limit;
 mod program;
 mod readiness;
 mod relay;

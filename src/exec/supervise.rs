@@ -36,6 +36,7 @@ use super::handover::{
     make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
 };
 use super::listeners::{all_specs, gather, store, ListenerSet};
+use super::log_limit::{LogLimit, Verdict};
 use super::program::spawn_program;
 use super::readiness::Readiness;
 use super::relay::{NotifyRelay, RelayMessage};
@@ -47,6 +48,10 @@ use crate::notify::{Notification, Notifier};
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a successor gets beyond its ready timeout to finish a hand-over.
 const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
+/// At most this many "ignored a notification from outside" lines per
+/// [`OUTSIDER_WINDOW`].
+const OUTSIDER_LINES: u32 = 10;
+const OUTSIDER_WINDOW: Duration = Duration::from_secs(10);
 /// At most this many notifications of a successor's program are queued
 /// until it is the main process.
 const MAX_QUEUED: usize = 256;
@@ -174,6 +179,8 @@ struct Supervisor<'c> {
     /// The readiness checks, until the program is ready (or stopping).
     readiness: Option<Readiness>,
     queued: Vec<RelayMessage>,
+    /// The journal lines about notifications from outside the unit.
+    outsiders: LogLimit,
 }
 
 /// What this process inherited: the `LISTEN_FDS` descriptors and, for a new
@@ -339,6 +346,7 @@ impl<'c> Supervisor<'c> {
             stopping: false,
             readiness: Some(readiness),
             queued: Vec::new(),
+            outsiders: LogLimit::new(OUTSIDER_LINES, OUTSIDER_WINDOW),
         };
         if is_main {
             supervisor.update_status();
@@ -786,11 +794,27 @@ impl<'c> Supervisor<'c> {
         // the unit's own processes, as NotifyAccess=all would.
         let sender_cgroup = message.sender_pid.and_then(cgroup_of);
         if sender_cgroup.is_none() || sender_cgroup != self.own_cgroup {
-            warn!(
-                sender = ?message.sender_pid,
-                cgroup = ?sender_cgroup,
-                "ignored a notification from a process outside this unit"
-            );
+            // Anybody can send these as fast as they like: a bounded number
+            // of journal lines.
+            if let Verdict::Log { suppressed, last } = self.outsiders.check(Instant::now()) {
+                let window = self.outsiders.window();
+                if suppressed > 0 {
+                    warn!(
+                        suppressed,
+                        "{suppressed} more notifications from processes outside this unit were ignored in {window:?} without a journal line"
+                    );
+                }
+                warn!(
+                    sender = ?message.sender_pid,
+                    cgroup = ?sender_cgroup,
+                    "ignored a notification from a process outside this unit"
+                );
+                if last {
+                    warn!(
+                        "{OUTSIDER_LINES} notifications from outside this unit in {window:?}: the next ones in this window are ignored without a journal line each"
+                    );
+                }
+            }
             return;
         }
         if matches!(self.role, Role::Draining { .. }) {
