@@ -156,9 +156,14 @@ fn fdstore_exec_page() -> Vec<u8> {
             "    --ready http:/health \\",
             "    -- /usr/bin/app --config /etc/app.conf",
         ])
-        .example("A program that sends READY=1 before its workers accept (gunicorn's arbiter does): ready once READY=1 came and then a worker of the new generation accepted a probe on every listener:", &[
+        .example("A program that sends READY=1 before its workers accept (gunicorn's arbiter does): ready once READY=1 came and then a worker of the new generation accepted a probe on every listener (what the default notify does too; notify+accept says it):", &[
             "ExecStart=/usr/bin/fdstore-exec --ready notify+accept \\",
             "    -- /usr/bin/gunicorn --workers 4 app:application",
+        ])
+        .example("A program that does not accept on one of its listeners (metrics, served by a process it does not start): the other listeners are still proven, metrics is trusted:", &[
+            "ExecStart=/usr/bin/fdstore-exec --listen web=tcp:[::]:8080 \\",
+            "    --listen metrics=tcp:127.0.0.1:9100 --ready notify+unproven:metrics \\",
+            "    -- /usr/bin/app",
         ])
         .example("Reload by hand and look at the result:", &[
             "systemctl reload app.service",

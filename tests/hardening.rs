@@ -255,7 +255,7 @@ fn a_drain_ends_workers_that_outlive_their_master(sd: &Systemd) {
         "app.service",
         &format!(
             "[Service]\nType=notify\nFileDescriptorStoreMax=8\nKillMode=mixed\n\
-             ExecStart={} --listen web=tcp:127.0.0.1:{port} --ready exec --drain-timeout 1s -- {}\n\
+             ExecStart={} --listen web=tcp:127.0.0.1:{port} --ready exec+unproven --drain-timeout 1s -- {}\n\
              ExecReload={} reload\n",
             fdstore_exec(),
             master.display(),
@@ -332,7 +332,13 @@ fn a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain(sd: &S
         "app.service",
         &unit(
             &app,
-            &format!("--listen-file {} --drain-timeout 3s", file.display()),
+            // The program never accepts on old, which the later
+            // generations and the restart no longer have (a name that is
+            // no listener exempts nothing).
+            &format!(
+                "--listen-file {} --drain-timeout 3s --ready notify+unproven:old",
+                file.display()
+            ),
             // The program ignores SIGTERM: the restart at the end kills it.
             "TimeoutStopSec=2\n",
         ),
@@ -379,6 +385,10 @@ fn a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain(sd: &S
 
 /// A careless program: it answers `pid PID` on the listener at fd 3 and,
 /// on SIGTERM, shuts the listener down (`shutdown(2)`) before exiting.
+// The Python programs here write their answer and close before reading
+// anything, so no probe can tell who accepted it (the socket is gone from
+// every process before it can be looked up): their units say
+// `--ready exec+unproven`, as fdstore(7) READINESS tells such programs to.
 const SHUTS_DOWN: &str = "import os, signal, socket, sys, time
 listener = socket.socket(fileno=3)
 def stop(*_):
@@ -415,7 +425,7 @@ fn a_listener_shut_down_by_the_old_program_is_reported_and_a_restart_recreates_i
         "app.service",
         &format!(
             "[Service]\nType=notify\nFileDescriptorStoreMax=8\nKillMode=mixed\n\
-             ExecStart={fe} --listen web=tcp:127.0.0.1:{port} --ready exec -- /usr/bin/python3 {} {}\n\
+             ExecStart={fe} --listen web=tcp:127.0.0.1:{port} --ready exec+unproven -- /usr/bin/python3 {} {}\n\
              ExecReload={fe} reload\n",
             program.display(),
             report.display(),

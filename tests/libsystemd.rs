@@ -47,6 +47,15 @@ while signal.SIGTERM not in signal.sigpending():
     except BlockingIOError:
         continue
     conn.sendall(f"pid {os.getpid()}\n".encode())
+    # Held until the client closes (at most a second), as request-response
+    # servers do: fdstore-exec's readiness probe, which every mode includes,
+    # must see who accepted it.
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(1)
+    try:
+        conn.recv(64)
+    except OSError:
+        pass
     conn.close()
 "#;
 

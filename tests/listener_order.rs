@@ -69,7 +69,10 @@ fn listeners_keep_one_order_across_reloads_and_restarts(sd: &Systemd) {
             &unit(
                 &app,
                 &format!(
-                    "--listen beta=tcp:127.0.0.1:{beta} --listen alpha=tcp:127.0.0.1:{alpha} --listen-file {}",
+                    // The program only reports its listeners and accepts
+                    // on none: the accept proof of every mode would
+                    // refuse it.
+                    "--listen beta=tcp:127.0.0.1:{beta} --listen alpha=tcp:127.0.0.1:{alpha} --listen-file {} --ready notify+unproven",
                     listen_file.display()
                 ),
                 // zeta first: systemd passes socket units in this order.

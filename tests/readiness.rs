@@ -5,7 +5,8 @@
 //!
 //! Every new version here says `READY=1` (or would pass a check over the
 //! shared listener) while it does not serve: the old generation answers
-//! those. Only a proof that the new generation accepts may hand over.
+//! those. Only a proof that the new generation accepts may hand over, and
+//! every mode includes it unless `unproven` says otherwise.
 
 mod support;
 
@@ -214,6 +215,89 @@ fn accept_under_restricted_address_families_says_what_to_allow(sd: &Systemd) {
     sd.ok(&["reload", "app.service"]);
     // The refused start never ran the program.
     assert_eq!(app.starts().len(), 2);
+}
+
+// ----- the accept proof every mode includes -----
+
+/// Issue 13: `notify`, `exec`, `delay:` and `command:` trusted the program;
+/// a new version that said READY=1 (or outlived the delay, or passed the
+/// command) and never accepted took over, the old one drained, and every
+/// request after stalled. Failed before: each of these reloads succeeded.
+fn every_mode_refuses_a_new_version_that_never_accepts(sd: &Systemd) {
+    for mode in ["notify", "exec", "delay:200ms", "command:true"] {
+        let (port, app) = start_app(
+            sd,
+            "receive serve web ready",
+            &format!("--ready {mode} --ready-timeout 2s"),
+            "",
+        );
+        let first = main_pid(sd);
+        let traffic = Traffic::start(port, 4);
+        app.version("receive ready");
+        let (ok, took) = reload(sd);
+        assert!(!ok, "--ready {mode}: the reload must fail");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let line = failed_reload_line(sd, &format!("(--ready {mode}: web (127.0.0.1:{port})"));
+        assert!(
+            line.contains("was not ready within 2s")
+                && line.contains("no probe was accepted by generation 2")
+                && line.contains("add +unproven:NAME and trust it there"),
+            "{line}"
+        );
+        assert_eq!(main_pid(sd), first, "--ready {mode}");
+        std::thread::sleep(Duration::from_millis(200));
+        let count = traffic.stop();
+        assert_eq!(count.failed, 0, "--ready {mode}: {:?}", count.failures);
+        let starts = app.starts();
+        assert_eq!(starts.len(), 2, "--ready {mode}");
+        assert_eq!(answer(port), format!("pid {}", starts[0]), "--ready {mode}");
+        sd.ok(&["stop", "app.service"]);
+        std::fs::remove_file(&app.report).unwrap();
+    }
+}
+
+/// The first generation is held to the same proof, and `unproven:NAME` is
+/// the named way out for a listener the program does not accept on;
+/// `unproven` alone gives up the proof, as documented.
+fn unproven_is_the_only_way_to_go_without_the_proof(sd: &Systemd) {
+    let app = App::new(sd);
+    app.version("receive serve web ready");
+    let install = |ready: &str| {
+        let options = format!(
+            "--listen web=tcp:127.0.0.1:{} --listen spare=tcp:127.0.0.1:{} --ready {ready} --ready-timeout 2s",
+            free_port(),
+            free_port()
+        );
+        sd.install(&[("app.service", &unit(&app, &options, ""))]);
+    };
+    // Accepts on web only: not ready, so the start fails.
+    install("notify");
+    let out = sd.systemctl(&["start", "app.service"]);
+    assert!(!out.status.success(), "the start must fail");
+    sd.wait_for_journal("(--ready notify: spare (127.0.0.1:");
+    sd.ok(&["reset-failed", "app.service"]);
+    // The operator says spare is not accepted on: web is still proven.
+    install("notify+unproven:spare");
+    sd.ok(&["start", "app.service"]);
+    app.version("receive ready");
+    let (ok, _) = reload(sd);
+    assert!(!ok, "web is still proven");
+    failed_reload_line(sd, "(--ready notify+unproven:spare: web (127.0.0.1:");
+    sd.ok(&["stop", "app.service"]);
+    // unproven: the program is trusted, and a version that never accepts
+    // takes over: what the opt-out gives up.
+    app.version("receive serve web ready");
+    install("notify+unproven");
+    sd.ok(&["start", "app.service"]);
+    let before = main_pid(sd);
+    app.version("receive ready");
+    let (ok, _) = reload(sd);
+    assert!(ok, "unproven trusts READY=1");
+    assert_ne!(
+        main_pid(sd),
+        before,
+        "the version that never accepts took over"
+    );
 }
 
 // ----- http:, with the example HTTP server -----
@@ -484,6 +568,8 @@ fn a_stop_during_a_slow_check_command_is_prompt(sd: &Systemd) {
 }
 
 on_each_systemd!(
+    every_mode_refuses_a_new_version_that_never_accepts,
+    unproven_is_the_only_way_to_go_without_the_proof,
     accept_refuses_a_new_version_that_never_accepts,
     accept_waits_for_a_new_version_that_accepts_late,
     accept_probes_tcp_v4_v6_unix_and_abstract_listeners,

@@ -10,7 +10,8 @@ use support::app::{fdstore_exec, main_pid, wait_gone};
 use support::{free_port, report_lines, wait_for, Systemd};
 
 /// A program that records the signals it gets (`got SIG PID`), started
-/// with `--ready exec` since a shell cannot send READY=1.
+/// with `--ready exec+unproven` since a shell cannot send READY=1 and this
+/// one never accepts on its listener (the accept proof would refuse it).
 fn install(sd: &Systemd, options: &str, extra: &str) -> std::path::PathBuf {
     let report = sd.path("report");
     let script = sd.path("signals.sh");
@@ -33,7 +34,7 @@ fn install(sd: &Systemd, options: &str, extra: &str) -> std::path::PathBuf {
         "app.service",
         &format!(
             "[Service]\nType=notify\nFileDescriptorStoreMax=4\nTimeoutStartSec=20\nKillMode=mixed\n{extra}\
-             ExecStart={fe} --listen web=tcp:127.0.0.1:{port} --ready exec --drain-timeout 5s {options} -- {}\n\
+             ExecStart={fe} --listen web=tcp:127.0.0.1:{port} --ready exec+unproven --drain-timeout 5s {options} -- {}\n\
              ExecReload={fe} reload\n",
             script.display(),
             fe = fdstore_exec(),

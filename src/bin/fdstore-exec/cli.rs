@@ -95,14 +95,25 @@ pub struct RunArgs {
     /// FDSTORE_READY_GENERATION naming the new program; it takes the rest of
     /// the text, so it comes last.
     ///
-    /// notify and delay: come first: the other checks start once they have
-    /// passed, so notify+accept suits programs that send READY=1 before their
-    /// workers accept (gunicorn). During a reload both generations share the
-    /// listeners and the old one is accepting: a check that merely connects
-    /// (command:curl http://127.0.0.1:8080/health) is answered by the old
-    /// generation and proves nothing. Only accept and http: prove that the
-    /// new generation accepts; notify, exec, delay: and command: trust the
-    /// program, the clock or the command.
+    /// Every mode includes the accept proof for each stream listener that
+    /// no accept or http: check names: --ready notify is READY=1 and then a
+    /// probe accepted by this generation on each stream listener, as
+    /// notify+accept; exec, delay: and command: the same. A new version
+    /// that never accepts fails the reload, and the old one keeps serving.
+    /// Datagram listeners cannot be proven. unproven[:NAME,...], joined to
+    /// another check (notify+unproven:metrics), is the opt-out for the
+    /// named stream listeners (all of them without names): a listener the
+    /// program does not accept on, or a unit that cannot allow AF_NETLINK,
+    /// which the probes need. It gives up the guarantee: for those
+    /// listeners a reload may hand over to a version that does not serve.
+    ///
+    /// notify and delay: come first: the probes and the command start once
+    /// they have passed, so a program that sends READY=1 before its workers
+    /// accept (gunicorn) is judged by its workers. During a reload both
+    /// generations share the listeners and the old one is accepting: a
+    /// check that merely connects (command:curl http://127.0.0.1:8080/health)
+    /// is answered by the old generation and proves nothing; the probes
+    /// find out which process accepted them.
     #[arg(long, value_name = "MODE", default_value = "notify", value_parser = parse_ready)]
     pub ready: ReadyMode,
 

@@ -9,6 +9,13 @@
 //! The generation is ready when every gate is open and every proof passed
 //! once.
 //!
+//! Every mode includes the accept proof for each stream listener that no
+//! check names and `unproven` does not exempt: a gate alone trusts the
+//! program, and a program that says `READY=1` (or outlives a delay, or
+//! passes a command) without accepting would be handed the service while
+//! the old generation drains away. Datagram listeners have no connection
+//! to accept and go unproven.
+//!
 //! During a reload both generations share the listeners and the old one is
 //! accepting, so only a proof that knows *who* answered means anything:
 //! the probes ([`probe`]) find the process that accepted their connection;
@@ -63,7 +70,41 @@ impl Readiness {
         listeners: &[NamedFd],
         generation: u64,
     ) -> Result<Readiness, String> {
-        let mut targets = Vec::new();
+        let all: Vec<&str> = listeners.iter().map(|l| l.name()).collect();
+        let no_such = |check: &ReadyCheck, missing: &str| {
+            format!(
+                "--ready {check}: no listener is named {missing:?}; the listeners are {}",
+                if all.is_empty() {
+                    "none".into()
+                } else {
+                    all.join(", ")
+                }
+            )
+        };
+        // `None`: every listener is proven; `Some(empty)`: none is.
+        let mut unproven: Option<&[String]> = None;
+        for check in mode.checks() {
+            if let ReadyCheck::Unproven(names) = check {
+                // Not an error: listeners come and go with the listener file
+                // while the arguments stay (a reload or a restart would be
+                // refused until the unit is edited), and a mistyped name
+                // only leaves a listener proven, the safe side.
+                if let Some(missing) = names.iter().find(|n| !all.contains(&n.as_str())) {
+                    let text = format!("{}; nothing to exempt", no_such(check, missing));
+                    if generation == 1 {
+                        warn!("{text}");
+                    } else {
+                        debug!("{text}");
+                    }
+                }
+                unproven = Some(names);
+            }
+        }
+        let is_unproven = |name: &str| match unproven {
+            None => false,
+            Some(names) => names.is_empty() || names.iter().any(|n| n == name),
+        };
+        let mut targets: Vec<Target> = Vec::new();
         for check in mode.checks() {
             let (names, http): (&[String], Option<&HttpCheck>) = match check {
                 ReadyCheck::Accept(names) => (names, None),
@@ -76,11 +117,21 @@ impl Readiness {
                 if !names.is_empty() && !named {
                     continue;
                 }
+                if is_unproven(listener.name()) {
+                    if named {
+                        return Err(format!(
+                            "--ready {mode}: listener {} is named by both {check} and unproven; leave it out of one",
+                            listener.name()
+                        ));
+                    }
+                    continue;
+                }
                 match probe_address(listener) {
                     Ok(Some(address)) => targets.push(Target::new(
                         listener.name().to_owned(),
                         address,
                         http.cloned(),
+                        false,
                     )),
                     Ok(None) if named => {
                         return Err(format!(
@@ -93,22 +144,39 @@ impl Readiness {
                     Err(e) => return Err(format!("--ready {check}: {e}")),
                 }
             }
-            let all: Vec<&str> = listeners.iter().map(|l| l.name()).collect();
             if let Some(missing) = names.iter().find(|n| !all.contains(&n.as_str())) {
-                return Err(format!(
-                    "--ready {check}: no listener is named {missing:?}; the listeners are {}",
-                    if all.is_empty() {
-                        "none".into()
-                    } else {
-                        all.join(", ")
-                    }
-                ));
+                return Err(no_such(check, missing));
             }
             if targets.len() == before {
                 return Err(format!(
                     "--ready {check}: the program has no stream listener (TCP or Unix) to probe{}; use notify, delay: or command: instead",
                     if all.is_empty() { String::new() } else { format!(" among {}", all.join(", ")) }
                 ));
+            }
+        }
+        // The proof every mode includes: each stream listener that no check
+        // above probes, and that is not unproven, must be accepted on by
+        // this generation. Without it notify, exec, delay: and command:
+        // could hand over to a program that never accepts.
+        for listener in listeners {
+            if is_unproven(listener.name()) || targets.iter().any(|t| t.name == listener.name()) {
+                continue;
+            }
+            match probe_address(listener) {
+                Ok(Some(address)) => targets.push(Target::new(
+                    listener.name().to_owned(),
+                    address,
+                    None,
+                    true,
+                )),
+                // Datagram sockets and other descriptors: nothing to accept.
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "--ready {mode}: every mode proves that the program accepts on each stream listener, and {e}; add +unproven:{} to go without the proof for it",
+                        listener.name()
+                    ))
+                }
             }
         }
         let diag = if targets.is_empty() {
@@ -221,20 +289,20 @@ impl Readiness {
                 _ => {}
             }
         }
+        let mut hint = "";
         if missing.is_empty() {
-            missing.extend(
-                self.targets
-                    .iter()
-                    .filter(|t| !t.passed())
-                    .map(|t| t.describe(self.generation)),
-            );
+            let failed: Vec<&Target> = self.targets.iter().filter(|t| !t.passed()).collect();
+            missing.extend(failed.iter().map(|t| t.describe(self.generation)));
+            if failed.iter().any(|t| t.implied) {
+                hint = " (every mode proves that the new generation accepts on each stream listener; for a program that does not accept on one, add +unproven:NAME and trust it there)";
+            }
             if let Some(c) = self.command.as_ref().filter(|c| !c.passed) {
                 missing.push(c.describe());
             }
-        } else if !self.targets.is_empty() || self.command.is_some() {
+        } else if self.targets.iter().any(|t| !t.implied) || self.command.is_some() {
             missing.push("so no probe or check command was tried".into());
         }
-        format!("--ready {}: {}", self.mode, missing.join("; "))
+        format!("--ready {}: {}{hint}", self.mode, missing.join("; "))
     }
 }
 
@@ -449,5 +517,89 @@ mod tests {
         );
         let mut exec = plan("exec", &[]).unwrap();
         assert!(exec.step(Instant::now()));
+    }
+
+    /// Issue 13: no mode hands over to a program that does not accept;
+    /// `unproven` is the only way to go without the proof.
+    #[test]
+    fn every_mode_proves_each_stream_listener_unless_unproven() {
+        let udp = named("dns", std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let web = named("web", std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let admin = named("admin", std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let all = [udp, web, admin];
+        let proven = |mode: &str| -> Vec<(String, bool)> {
+            plan(mode, &all)
+                .unwrap_or_else(|e| panic!("{mode}: {e}"))
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), t.implied))
+                .collect()
+        };
+        let implied = |names: &[&str]| -> Vec<(String, bool)> {
+            names.iter().map(|n| (n.to_string(), true)).collect()
+        };
+        for mode in [
+            "notify",
+            "exec",
+            "delay:1s",
+            "command:true",
+            "notify+command:true",
+        ] {
+            assert_eq!(proven(mode), implied(&["web", "admin"]), "{mode}");
+        }
+        // A check that names a listener proves it; the rest are implied.
+        assert_eq!(
+            proven("notify+http:web/health"),
+            [("web".to_owned(), false), ("admin".to_owned(), true)]
+        );
+        assert_eq!(
+            proven("accept:admin"),
+            [("admin".to_owned(), false), ("web".to_owned(), true)]
+        );
+        assert_eq!(
+            proven("accept"),
+            [("web".to_owned(), false), ("admin".to_owned(), false)]
+        );
+        // The opt-out, for every listener or some.
+        assert!(proven("notify+unproven").is_empty());
+        assert!(proven("exec+unproven").is_empty());
+        assert_eq!(proven("notify+unproven:admin"), implied(&["web"]));
+        assert_eq!(proven("accept+unproven:admin"), [("web".to_owned(), false)]);
+        // Datagram-only: nothing can be proven, nothing is probed.
+        assert!(plan("notify", &all[..1]).unwrap().targets.is_empty());
+        // A name that is no listener (removed from the listener file, or
+        // mistyped) exempts nothing.
+        assert_eq!(proven("notify+unproven:api"), implied(&["web", "admin"]));
+        let e = plan("accept:web+unproven:web", &all).err().unwrap();
+        assert!(
+            e.contains("listener web is named by both accept:web and unproven"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_implied_proof_that_fails_names_the_opt_out() {
+        let tcp = named("web", std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let mut r = plan("notify", std::slice::from_ref(&tcp)).unwrap();
+        r.begin(std::process::id(), Instant::now());
+        assert!(!r.step(Instant::now()));
+        // Before READY=1 the message is about READY=1 only.
+        assert_eq!(
+            r.pending(Instant::now()),
+            "--ready notify: the program did not send READY=1"
+        );
+        r.on_notify();
+        // Nobody accepts the probe: READY=1 is not enough.
+        assert!(!r.step(Instant::now()));
+        let text = r.pending(Instant::now());
+        assert!(
+            text.starts_with("--ready notify: web (127.0.0.1:")
+                && text.contains("no probe was accepted by generation 2")
+                && text.ends_with("add +unproven:NAME and trust it there)"),
+            "{text}"
+        );
+        let mut trusted = plan("notify+unproven", std::slice::from_ref(&tcp)).unwrap();
+        trusted.on_notify();
+        assert!(trusted.step(Instant::now()));
     }
 }

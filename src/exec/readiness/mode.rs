@@ -8,6 +8,13 @@ use std::time::Duration;
 /// How fdstore-exec decides that the program is ready: one check or several
 /// joined by `+`, all of which must pass.
 ///
+/// Whatever the checks, a generation is ready only once a process of it
+/// accepted a probe on each of its stream listeners (the proof of
+/// [`ReadyCheck::Accept`]), except those [`ReadyCheck::Unproven`] names:
+/// `notify`, `exec`, `delay:` and `command:` alone would trust the program,
+/// the clock or the command, and could hand over to a generation that never
+/// accepts. Datagram listeners cannot be proven this way.
+///
 /// ```
 /// use fdstore::exec::{ReadyCheck, ReadyMode};
 /// let mode: ReadyMode = "notify+http:/health".parse().unwrap();
@@ -30,7 +37,9 @@ pub enum ReadyCheck {
     /// Ready after it has run for this long.
     Delay(Duration),
     /// A probe connection to each of these stream listeners (all of them
-    /// when empty) is accepted by a process of this generation's program.
+    /// but the unproven ones when empty) is accepted by a process of this
+    /// generation's program. Every mode includes it for the stream
+    /// listeners no other check names; given alone it is the whole check.
     Accept(Vec<String>),
     /// As [`ReadyCheck::Accept`], and the accepting process answers an HTTP
     /// `GET` of the path with the expected status.
@@ -38,6 +47,11 @@ pub enum ReadyCheck {
     /// This shell command exits 0 (tried every 100 ms, each run at most
     /// [`COMMAND_TIMEOUT`](super::COMMAND_TIMEOUT)).
     Command(String),
+    /// The opt-out of the accept proof every mode includes: these stream
+    /// listeners (all of them when empty) are not probed, so the program
+    /// is trusted to serve on them. Not a check by itself: it goes with
+    /// another (`notify+unproven:metrics`).
+    Unproven(Vec<String>),
 }
 
 /// What `http:[NAME]/PATH[,STATUS]` asks for.
@@ -71,7 +85,7 @@ impl Default for ReadyMode {
     }
 }
 
-const KEYWORDS: &str = "notify, exec, delay:DURATION, accept[:NAME,...], http:[NAME]/PATH[,STATUS] or command:SHELL-COMMAND";
+const KEYWORDS: &str = "notify, exec, delay:DURATION, accept[:NAME,...], http:[NAME]/PATH[,STATUS], unproven[:NAME,...] or command:SHELL-COMMAND";
 
 /// Where the next check starts: a `+` followed by a check's keyword. A `+`
 /// elsewhere (in an HTTP path) belongs to the check before it.
@@ -113,11 +127,29 @@ impl FromStr for ReadyMode {
                 None => break,
             }
         }
-        if checks.len() > 1 && checks.contains(&ReadyCheck::Exec) {
+        let is_unproven = |c: &ReadyCheck| matches!(c, ReadyCheck::Unproven(_));
+        let real = checks.iter().filter(|c| !is_unproven(c)).count();
+        if real == 0 {
             return Err(
-                "exec means ready at once and cannot be combined with other checks; leave it out"
+                "unproven only says which listeners go without the accept proof; join it to the check it goes with, for example notify+unproven or exec+unproven:metrics"
                     .into(),
             );
+        }
+        if real > 1 && checks.contains(&ReadyCheck::Exec) {
+            return Err(
+                "exec means ready at once and cannot be combined with other checks (but unproven); leave it out"
+                    .into(),
+            );
+        }
+        if checks.contains(&ReadyCheck::Unproven(Vec::new())) {
+            if let Some(proof) = checks
+                .iter()
+                .find(|c| matches!(c, ReadyCheck::Accept(_) | ReadyCheck::Http(_)))
+            {
+                return Err(format!(
+                    "unproven (every listener) leaves nothing for {proof} to prove; name the listeners that go unproven: unproven:NAME,..."
+                ));
+            }
         }
         Ok(ReadyMode { checks })
     }
@@ -129,6 +161,7 @@ fn parse_check(part: &str) -> Result<ReadyCheck, String> {
         "notify" => return Ok(ReadyCheck::Notify),
         "exec" => return Ok(ReadyCheck::Exec),
         "accept" => return Ok(ReadyCheck::Accept(Vec::new())),
+        "unproven" => return Ok(ReadyCheck::Unproven(Vec::new())),
         "" => {
             return Err(format!(
                 "an empty check; use {KEYWORDS}, joined by + (for example notify+accept)"
@@ -149,17 +182,16 @@ fn parse_check(part: &str) -> Result<ReadyCheck, String> {
         }
         return Ok(ReadyCheck::Command(c.to_owned()));
     }
-    if let Some(names) = part.strip_prefix("accept:") {
-        let names: Vec<String> = names.split(',').map(str::to_owned).collect();
-        for name in &names {
-            if let Err(why) = crate::check_fd_name(name) {
-                return Err(format!(
-                    "accept:{}: {name:?} is not a listener name ({why}); write accept:NAME,NAME or accept for every stream listener",
-                    names.join(",")
-                ));
-            }
+    for (keyword, check) in [
+        (
+            "accept",
+            ReadyCheck::Accept as fn(Vec<String>) -> ReadyCheck,
+        ),
+        ("unproven", ReadyCheck::Unproven),
+    ] {
+        if let Some(names) = part.strip_prefix(keyword).and_then(|p| p.strip_prefix(':')) {
+            return parse_names(keyword, names).map(check);
         }
-        return Ok(ReadyCheck::Accept(names));
     }
     if let Some(target) = part.strip_prefix("http:") {
         return parse_http(target).map(ReadyCheck::Http).map_err(|why| {
@@ -179,9 +211,23 @@ fn parse_check(part: &str) -> Result<ReadyCheck, String> {
     ))
 }
 
+/// The listener names of `accept:NAME,...` or `unproven:NAME,...`.
+fn parse_names(keyword: &str, names: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = names.split(',').map(str::to_owned).collect();
+    for name in &names {
+        if let Err(why) = crate::check_fd_name(name) {
+            return Err(format!(
+                "{keyword}:{}: {name:?} is not a listener name ({why}); write {keyword}:NAME,NAME or {keyword} for every stream listener",
+                names.join(",")
+            ));
+        }
+    }
+    Ok(names)
+}
+
 fn starts_a_check(s: &str) -> bool {
-    matches!(s, "notify" | "exec" | "accept")
-        || ["delay:", "http:", "command:", "accept:"]
+    matches!(s, "notify" | "exec" | "accept" | "unproven")
+        || ["delay:", "http:", "command:", "accept:", "unproven:"]
             .iter()
             .any(|k| s.starts_with(k))
 }
@@ -234,6 +280,8 @@ impl fmt::Display for ReadyCheck {
                 }
             }
             ReadyCheck::Command(c) => write!(f, "command:{c}"),
+            ReadyCheck::Unproven(names) if names.is_empty() => f.write_str("unproven"),
+            ReadyCheck::Unproven(names) => write!(f, "unproven:{}", names.join(",")),
         }
     }
 }
@@ -273,6 +321,17 @@ mod tests {
             [ReadyCheck::Delay(Duration::from_millis(500))]
         );
         assert_eq!(parse("accept"), [ReadyCheck::Accept(vec![])]);
+        assert_eq!(
+            parse("exec+unproven"),
+            [ReadyCheck::Exec, ReadyCheck::Unproven(vec![])]
+        );
+        assert_eq!(
+            parse("notify+unproven:metrics"),
+            [
+                ReadyCheck::Notify,
+                ReadyCheck::Unproven(vec!["metrics".into()])
+            ]
+        );
         assert_eq!(
             parse("accept:web,admin"),
             [ReadyCheck::Accept(vec!["web".into(), "admin".into()])]
@@ -356,6 +415,9 @@ mod tests {
             "notify+http:/health,204",
             "http:web/x",
             "accept+command:true",
+            "notify+unproven",
+            "exec+unproven:metrics,admin",
+            "accept+unproven:metrics",
         ] {
             assert_eq!(s.parse::<ReadyMode>().unwrap().to_string(), s);
         }
@@ -387,6 +449,21 @@ mod tests {
         assert!(e.contains("\"\" is not a listener name"), "{e}");
         let e = error("delay:soon");
         assert!(e.contains("\"soon\" is not a duration"), "{e}");
+        let e = error("unproven");
+        assert!(e.contains("join it to the check it goes with"), "{e}");
+        let e = error("unproven:a+unproven:b");
+        assert!(
+            e.contains("unproven:b is given twice") || e.contains("given twice"),
+            "{e}"
+        );
+        let e = error("accept+unproven");
+        assert!(e.contains("leaves nothing for accept to prove"), "{e}");
+        let e = error("http:/x+unproven");
+        assert!(e.contains("leaves nothing for http:/x to prove"), "{e}");
+        let e = error("exec+delay:1s+unproven");
+        assert!(e.contains("exec means ready at once"), "{e}");
+        let e = error("notify+unproven:");
+        assert!(e.contains("unproven:: \"\" is not a listener name"), "{e}");
         let e = error("command: ");
         assert!(e.contains("needs a shell command"), "{e}");
     }

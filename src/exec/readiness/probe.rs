@@ -135,9 +135,12 @@ struct Tally {
     last_problem: Option<String>,
 }
 
-/// One listener to prove, for one `accept` or `http:` check.
+/// One listener to prove, for one `accept` or `http:` check or for the
+/// accept proof every mode includes.
 pub(crate) struct Target {
     pub(crate) name: String,
+    /// Probed for the proof every mode includes, not for a check given.
+    pub(crate) implied: bool,
     address: Address,
     http: Option<HttpCheck>,
     passed: bool,
@@ -188,9 +191,15 @@ enum Step {
 }
 
 impl Target {
-    pub(crate) fn new(name: String, address: Address, http: Option<HttpCheck>) -> Target {
+    pub(crate) fn new(
+        name: String,
+        address: Address,
+        http: Option<HttpCheck>,
+        implied: bool,
+    ) -> Target {
         Target {
             name,
+            implied,
             address,
             http,
             passed: false,
