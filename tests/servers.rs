@@ -20,8 +20,17 @@ use support::load::{Load, LoadReport, Mode};
 use support::servers::{Recipe, Wrk, WrkReport, RECIPES};
 use support::{free_port, wait_for, Systemd, Visible};
 
-/// Reloads per measured phase, and the pause after each.
-const RELOADS: u32 = 3;
+/// Reloads per measured phase (`FDSTORE_SERVERS_RELOADS` for the figures
+/// of fdstore-servers(7), default 3), and the pause after each.
+fn reloads() -> u32 {
+    match std::env::var("FDSTORE_SERVERS_RELOADS") {
+        Ok(n) => match n.parse() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => panic!("FDSTORE_SERVERS_RELOADS={n:?}: give a number of reloads from 1 to 100"),
+        },
+        Err(_) => 3,
+    }
+}
 const PAUSE: Duration = Duration::from_millis(200);
 /// Load: wrk's keep-alive connections, and the project's own clients of
 /// each kind (a new connection per request, keep-alive).
@@ -64,6 +73,43 @@ impl Phase {
             && [&self.new_connection, &self.keep_alive]
                 .iter()
                 .all(|r| !r.failures.contains_key("refused") && !r.failures.contains_key("timeout"))
+    }
+}
+
+impl Phase {
+    /// The 99th percentile latency in ms of the project's clients of both
+    /// kinds, of the requests that started inside one of `windows`.
+    /// No windows: every request.
+    fn p99_ms(&self, windows: &[(Instant, Instant)]) -> String {
+        let inside =
+            |t: Instant| windows.is_empty() || windows.iter().any(|(a, b)| t >= *a && t <= *b);
+        let mut all = LoadReport::default();
+        for r in [&self.new_connection, &self.keep_alive] {
+            all.latencies.extend(r.latencies.iter().copied());
+        }
+        all.quantile(0.99, inside)
+            .map_or("-".into(), |us| format!("{:.1}", f64::from(us) / 1000.0))
+    }
+
+    /// A figure row: lost requests of each kind of client, the p99 of the
+    /// requests in `windows` (all, without any), and the reloads' round
+    /// trips (p50 / max, ms; `-` without windows).
+    fn row(&self, windows: &[(Instant, Instant)]) -> String {
+        let mut trips: Vec<u128> = windows.iter().map(|(a, b)| (*b - *a).as_millis()).collect();
+        trips.sort_unstable();
+        let trip = match (trips.get(trips.len() / 2), trips.last()) {
+            (Some(p50), Some(max)) => format!("{p50} / {max}"),
+            _ => "-".into(),
+        };
+        // The figures: lost (wrk / new connection / keep-alive) | p99 |
+        // round trip.
+        format!(
+            "{} / {} / {} | {} | {trip}",
+            self.wrk.failed,
+            self.new_connection.failed(),
+            self.keep_alive.failed(),
+            self.p99_ms(windows),
+        )
     }
 }
 
@@ -189,18 +235,30 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
     wait_serving(port, "hello from version 1");
     let start_took = started.elapsed();
 
+    let reloads = reloads();
+    // FDSTORE_SERVERS_FIGURES: also the sync workers' own reload, for the
+    // figures of fdstore-servers(7).
+    let figures = std::env::var_os("FDSTORE_SERVERS_FIGURES").is_some();
+    // The same load without a reload: the latency a reload is compared with.
+    let quiet = under_load(port, || std::thread::sleep(Duration::from_secs(1)));
+
     // The server's own graceful reload, through fdstore-exec's forwarding.
     let signal = recipe.own_reload_signal();
     let steady = steady_count(sd, unit);
-    // (Not for sync workers: their bound is 0 whatever their own reload does.)
-    let own_reloads = if unit == "gunicorn.service" {
+    // (Not for sync workers, but for the figures: their bound is 0 whatever
+    // their own reload does.)
+    let own_reloads = if unit == "gunicorn.service" && !figures {
         0
     } else {
-        RELOADS
+        reloads
     };
+    // Each reload's window: from its start until it is complete (the old
+    // workers gone and the new ones up, or `systemctl reload` returned).
+    let mut own_windows = Vec::new();
     let own = under_load(port, || {
         for _ in 0..own_reloads {
             let old = workers(sd, unit);
+            let t = Instant::now();
             sd.ok(&[
                 "kill",
                 "--kill-whom=main",
@@ -209,6 +267,7 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
             ]);
             // gunicorn replaces its workers; lighttpd restarts in place.
             wait_settled(sd, unit, &old, steady);
+            own_windows.push((t, Instant::now()));
             std::thread::sleep(PAUSE);
         }
     });
@@ -221,18 +280,20 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
     // one (the reload returns once the new generation serves), so only the
     // last one is waited for: old generations drain meanwhile.
     let mut old = Vec::new();
+    let mut our_windows = Vec::new();
     let ours = under_load(port, || {
-        for version in 2..=RELOADS + 1 {
+        for version in 2..=reloads + 1 {
             recipe.set_version(&dir.0, &version.to_string());
             old.extend(sd.unit_processes(unit));
             let t = Instant::now();
             sd.ok(&["reload", unit]);
             reload_times.push(t.elapsed().as_millis());
+            our_windows.push((t, Instant::now()));
             std::thread::sleep(PAUSE);
         }
         wait_settled(sd, unit, &old, steady);
     });
-    let last = format!("hello from version {}", RELOADS + 1);
+    let last = format!("hello from version {}", reloads + 1);
     assert_eq!(get(port).as_deref(), Some(last.as_str()));
     assert_ne!(main_pid(sd, unit), first_main, "the main process changed");
 
@@ -245,7 +306,7 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
             !out.status.success(),
             "a reload to a broken {stem} must fail"
         );
-        recipe.set_version(&dir.0, &(RELOADS + 1).to_string());
+        recipe.set_version(&dir.0, &(reloads + 1).to_string());
     });
     assert_eq!(main_pid(sd, unit), serving, "the old generation serves on");
     assert_eq!(get(port).as_deref(), Some(last.as_str()));
@@ -268,7 +329,7 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
 
     eprintln!(
         "RESULT {stem} on systemd {}: started in {start_took:?}; own reload ({signal}) x{own_reloads}: {}\n\
-         RESULT {stem} on systemd {}: fdstore-exec reload x{RELOADS} (ms {reload_times:?}): {}\n\
+         RESULT {stem} on systemd {}: fdstore-exec reload x{reloads} (ms {reload_times:?}): {}\n\
          RESULT {stem} on systemd {}: rollback: {}; stop took {stop_took:?}",
         sd.version.number(),
         own.describe(),
@@ -276,6 +337,19 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
         ours.describe(),
         sd.version.number(),
         rollback.describe(),
+    );
+    // The figures of fdstore-servers(7): lost (wrk / new connection /
+    // keep-alive) | p99 ms in reload windows | round trip p50 / max ms.
+    eprintln!(
+        "FIGURES | {stem} | {} | no reload | {} |\n\
+         FIGURES | {stem} | {} | own ({signal}) x{own_reloads} | {} |\n\
+         FIGURES | {stem} | {} | fdstore-exec x{reloads} | {} |",
+        sd.version.number(),
+        quiet.row(&[]),
+        sd.version.number(),
+        own.row(&own_windows),
+        sd.version.number(),
+        ours.row(&our_windows),
     );
 
     for phase in [&ours, &rollback] {
@@ -298,7 +372,7 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
         // at most one request per connection per reload.
         "gunicorn-gthread.service" | "lighttpd.service" => {
             assert_eq!(ours.new_connection.failed(), 0, "{}", ours.describe());
-            let ceiling = |connections: u64| u64::from(RELOADS) * connections;
+            let ceiling = |connections: u64| u64::from(reloads) * connections;
             assert!(
                 ours.wrk.failed <= ceiling(WRK_CONNECTIONS.into())
                     && ours.keep_alive.failed() <= ceiling(OWN_CLIENTS as u64),
