@@ -11,7 +11,8 @@
 //! The configuration file (default `/etc/app/app.conf`, read by every
 //! generation) has `KEY=VALUE` lines:
 //!
-//! - `greeting=TEXT`: the answer to `GET /` (default `hello`); `broken`
+//! - `greeting=TEXT`: the answer to `GET /` (and, after 2 s, to
+//!   `GET /slow`; default `hello`); `broken`
 //!   makes the program exit 1 before it is ready, as a bad new version would
 //!   (the reload then fails and the old generation keeps serving);
 //! - `listen=SPEC`: the HTTP listener (default `http=tcp:127.0.0.1:8080`).
@@ -60,7 +61,10 @@ async fn main() {
     }
     warm_up().await;
     let app = App(greeting, up.clone()); // fdstore
-    let web_app = Router::new().route("/", get(hello)).with_state(app.clone());
+    let web_app = Router::new()
+        .route("/", get(hello))
+        .route("/slow", get(slow))
+        .with_state(app.clone());
     let api_app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/upgrade", post(upgrade))
@@ -73,6 +77,12 @@ async fn main() {
 async fn hello(State(App(greeting, up)): State<App>) -> String {
     let (pid, generation) = (std::process::id(), up.generation()); // fdstore
     format!("{greeting} (pid {pid}, generation {generation})\n")
+}
+
+/// A request that takes 2 s: a drain finishes it.
+async fn slow(state: State<App>) -> String {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hello(state).await
 }
 
 async fn upgrade(State(App(_, up)): State<App>) -> String {

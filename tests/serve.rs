@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -128,8 +128,14 @@ fn axum_example_reloads_under_load_without_a_failed_request(sd: &Systemd) {
         assert_eq!(admin(&socket, "GET /health").unwrap(), "ok");
     }
     std::thread::sleep(Duration::from_millis(300));
-    for load in loads {
-        assert_no_failures(&load.stop());
+    for (mode, load) in ["keep-alive", "new-connection"].iter().zip(loads) {
+        let report = load.stop();
+        eprintln!(
+            "{mode}: {} ok, {} failed over 3 reloads",
+            report.ok,
+            report.failed()
+        );
+        assert_no_failures(&report);
     }
     // The admin API's upgrade: the program's own call, async.
     let answer = admin(&socket, "POST /upgrade").unwrap();
@@ -143,6 +149,76 @@ fn axum_example_reloads_under_load_without_a_failed_request(sd: &Systemd) {
     assert!(journal.contains("the hand-over took"), "{journal}");
     sd.ok(&["stop", "app.service"]);
     assert_eq!(sd.show("app.service", "Result"), "success");
+}
+
+/// One response on a keep-alive connection: (status line and headers in
+/// lower case, body).
+fn response(reader: &mut BufReader<std::net::TcpStream>) -> Result<(String, String), String> {
+    let mut head = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err(format!("closed after {head:?}")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        head.push_str(&line);
+        head.push('\n');
+    }
+    let mut body = vec![0; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    Ok((head, String::from_utf8_lossy(&body).trim().to_owned()))
+}
+
+fn keep_alive(port: u16) -> BufReader<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    BufReader::new(stream)
+}
+
+fn the_drain_closes_connections_as_fdstore_7_says(sd: &Systemd) {
+    let port = start_axum(sd);
+    let first = main_pid(sd);
+    let gen1 = format!("hello (pid {first}, generation 1)");
+    let request = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // A keep-alive connection in use, one left idle, one slow request.
+    let mut used = keep_alive(port);
+    used.get_mut().write_all(request.as_bytes()).unwrap();
+    let (head, body) = response(&mut used).unwrap();
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(body, gen1);
+    let mut idle = keep_alive(port);
+    idle.get_mut().write_all(request.as_bytes()).unwrap();
+    response(&mut idle).unwrap();
+    let slow = std::thread::spawn(move || get(port, "/slow"));
+    std::thread::sleep(Duration::from_millis(300));
+    sd.ok(&["reload", "app.service"]);
+    // The next response on a keep-alive connection comes from the old
+    // generation and says Connection: close.
+    used.get_mut().write_all(request.as_bytes()).unwrap();
+    let (head, body) = response(&mut used).unwrap();
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, gen1);
+    // The request in flight is finished by the old generation.
+    assert_eq!(slow.join().unwrap().unwrap(), gen1);
+    // The idle connection is closed after the grace period (1 s): end of
+    // file, not a reset.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
+    wait_gone(&first.to_string());
+    assert!(get(port, "/").unwrap().ends_with("generation 2)"));
 }
 
 fn a_broken_configuration_fails_the_reload_with_the_clients_status(sd: &Systemd) {
@@ -220,13 +296,14 @@ fn a_renamed_listener_is_retired(sd: &Systemd) {
         get(other, "/").unwrap(),
         format!("renamed (pid {main}, generation 2)")
     );
-    sd.wait_for_journal("listener \"http\" is no longer asked for");
-    // Closed by both generations and out of the fd store: refused.
+    // Closed by both generations (the old one is gone) and out of the fd
+    // store: refused.
     let refused = std::net::TcpStream::connect(("127.0.0.1", port));
     assert!(
         refused.is_err(),
         "the retired listener still accepts connections"
     );
+    sd.wait_for_journal("listener \"http\" is no longer asked for");
     // A restart gets the fd store back: only the new listener comes back.
     sd.ok(&["restart", "app.service"]);
     assert!(get(other, "/").unwrap().starts_with("renamed (pid "));
@@ -270,6 +347,7 @@ fn a_dropped_upgrader_uses_no_cpu_and_still_upgrades(sd: &Systemd) {
     let before = cpu_ticks(first);
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_ticks(first) - before;
+    eprintln!("idle for 2 s after dropping the upgrader: {used} clock ticks of CPU");
     assert!(
         used < 20,
         "pid {first} used {used} ticks of CPU in 2 s while idle"
@@ -293,6 +371,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 on_each_systemd!(
     axum_example_reloads_under_load_without_a_failed_request,
+    the_drain_closes_connections_as_fdstore_7_says,
     a_broken_configuration_fails_the_reload_with_the_clients_status,
     a_changed_address_fails_the_reload,
     a_renamed_listener_is_retired,
