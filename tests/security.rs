@@ -514,6 +514,106 @@ fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit_systemd_262() {
     a_stop_racing_a_reload_never_fails_a_notify_reload_unit(&Systemd::start(Version::V262));
 }
 
+/// The inodes of the connected, unnamed `SOCK_SEQPACKET` sockets of
+/// process `pid` (for a successor fdstore-exec: its hand-over channel).
+fn channel_inodes(pid: u32) -> Vec<String> {
+    let mine: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 7 && f[4] == "0005" && f[5] == "03" && mine.iter().any(|m| m == f[6]))
+                .then(|| f[6].to_owned())
+        })
+        .collect()
+}
+
+/// Point 9: the new generation stalls right after it was made the main
+/// process (`MAINPID=` confirmed, `MAIN` sent): strace holds its read of
+/// `MAIN` on the hand-over channel for a minute. Today's main: the old
+/// generation waited for `DONE` until the hand-over deadline, then reported
+/// failure and stayed on serving, a second main process beside the one the
+/// manager follows, for good. Now it waits 5 s, reports the reload as
+/// failed (the reason names the stalled pid), and drains; once the new one
+/// goes on it serves alone.
+fn a_new_generation_that_stalls_after_becoming_main_leaves_one_generation(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve web ready",
+        "--ready-timeout 5s --drain-timeout 3s",
+        "",
+    );
+    let first = main_pid(sd);
+    let gate = sd.path("gate");
+    app.version(&format!("receive serve web await {} ready", gate.display()));
+    let reload = std::thread::spawn(move || support::app::reload_command(first));
+    wait_for("generation 2 to start", Duration::from_secs(20), || {
+        (app.starts().len() == 2).then_some(())
+    });
+    let successor = sd
+        .unit_processes("app.service")
+        .into_iter()
+        .find(|&p| {
+            p != first
+                && std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|e| e.ends_with("fdstore-exec"))
+        })
+        .expect("the new generation's fdstore-exec");
+    let channels = channel_inodes(successor);
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    let mut strace = Command::new("strace");
+    strace
+        .args(["-qq", "-o", "/dev/null", "-p", &successor.to_string()])
+        .arg("-P")
+        .arg(format!("socket:[{}]", channels[0]))
+        .args([
+            "-e",
+            "trace=recvfrom",
+            "-e",
+            "inject=recvfrom:delay_exit=60000000:when=1",
+        ]);
+    let tracer = Running(
+        strace
+            .spawn()
+            .expect("strace is needed (Debian package strace)"),
+    );
+    wait_for("strace to attach", Duration::from_secs(10), || {
+        support::proc_status(successor, "TracerPid:")
+            .is_some_and(|t| t.trim() != "0")
+            .then_some(())
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = reload.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "(pid {successor}) was made the main process but did not confirm the hand-over within 5s"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(main_pid(sd), successor);
+    // The old generation drains and ends while the new one still stalls.
+    support::app::wait_gone(&first.to_string());
+    assert!(support::app::alive(&successor.to_string()));
+    drop(tracer);
+    wait_for(
+        "the new generation to serve",
+        Duration::from_secs(20),
+        || (support::answer(port) == format!("pid {}", app.starts()[1])).then_some(()),
+    );
+    assert_eq!(main_pid(sd), successor);
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+}
+
 on_each_systemd!(
     a_squatter_never_answers_for_fdstore_exec,
     a_squatter_cannot_keep_a_library_service_from_starting,
@@ -521,4 +621,5 @@ on_each_systemd!(
     the_client_over_the_bound_is_told_busy,
     a_connection_flood_does_not_starve_a_library_service,
     a_notification_flood_from_outside_is_bounded_in_the_journal,
+    a_new_generation_that_stalls_after_becoming_main_leaves_one_generation,
 );

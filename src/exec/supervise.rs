@@ -34,6 +34,7 @@ use super::control::{
 use super::generations::OlderGenerations;
 use super::handover::{
     make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
+    MAIN_DONE_TIMEOUT,
 };
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::log_limit::{LogLimit, Verdict};
@@ -532,6 +533,13 @@ impl<'c> Supervisor<'c> {
             if !self.generation.ready && Instant::now() >= self.ready_deadline() {
                 self.not_ready_in_time()?;
             }
+        }
+        if self
+            .handover
+            .as_ref()
+            .is_some_and(|h| h.main_sent && now >= h.deadline)
+        {
+            self.main_stalled();
         }
         if self.handover.as_ref().is_some_and(|h| now >= h.deadline) {
             let took = self.config.ready_timeout + HANDOVER_MARGIN;
@@ -1190,6 +1198,7 @@ impl<'c> Supervisor<'c> {
             ));
         }
         h.main_sent = true;
+        h.deadline = Instant::now() + MAIN_DONE_TIMEOUT;
         info!(
             pid,
             "generation {} is the main process now",
@@ -1197,8 +1206,26 @@ impl<'c> Supervisor<'c> {
         );
     }
 
+    /// The new generation was made the main process but did not say `DONE`
+    /// in time. The manager follows it already, so this one must not stay on
+    /// as a second main process: the reload is reported as failed, and this
+    /// generation drains as after a hand-over.
+    fn main_stalled(&mut self) {
+        let Some(h) = &self.handover else { return };
+        let pid = h.successor.unwrap_or(0);
+        let reason = format!(
+            "generation {} (pid {pid}) was made the main process but did not confirm the hand-over within {MAIN_DONE_TIMEOUT:?}; the service manager follows pid {pid} now, so generation {} (pid {}) drains; see the journal of pid {pid}",
+            self.generation.number + 1,
+            self.generation.number,
+            std::process::id()
+        );
+        error!("{reason}");
+        self.last_reload = Some(format!("reload failed: {reason}"));
+        self.complete_reload_with(Reply::Err(Refusal::Failed, reason));
+    }
+
     fn complete_reload(&mut self) {
-        let Some(h) = self.handover.take() else {
+        let Some(h) = &self.handover else {
             return;
         };
         let pid = h.successor.unwrap_or(0);
@@ -1212,8 +1239,18 @@ impl<'c> Supervisor<'c> {
             ?took,
             "{text}; draining generation {}", self.generation.number
         );
+        self.complete_reload_with(Reply::Ok(text));
+    }
+
+    /// Ends the hand-over with `reply` to the client that asked for it, and
+    /// drains this generation.
+    fn complete_reload_with(&mut self, reply: Reply) {
+        let Some(h) = self.handover.take() else {
+            return;
+        };
+        let pid = h.successor.unwrap_or(0);
         if let Requester::Client(connection) = &h.requester {
-            let _ = connection.reply(&Reply::Ok(text));
+            let _ = connection.reply(&reply);
         }
         self.successor_link = Some(h.channel);
         // The new main process keeps track of the older generations now.

@@ -19,7 +19,9 @@ use crate::exec::control::{
     busy_text, cgroup_of, still_starting_text, ControlConnection, ControlEndpoint, Refusal, Reply,
     Request,
 };
-use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::exec::handover::{
+    make_main_process, Channel, Inheritance, Message, HANDOVER_ENV, MAIN_DONE_TIMEOUT,
+};
 use crate::notify::Notification;
 use crate::sys::spawn::{DetachedCommand, ListenIdentity};
 
@@ -342,6 +344,7 @@ impl Worker {
             ));
         }
         u.main_sent = true;
+        u.deadline = Instant::now() + MAIN_DONE_TIMEOUT;
         info!(
             pid,
             "generation {} is the main process now",
@@ -473,6 +476,28 @@ impl Worker {
 
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        if self
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| u.main_sent && now >= u.deadline)
+        {
+            // The manager follows the new process already: killing it would
+            // end the unit, staying on would make two main processes. The
+            // reload is reported as failed, and this generation drains.
+            let u = self.upgrade.take().expect("checked above");
+            let reason = format!(
+                "generation {} (pid {}) was made the main process but did not confirm the hand-over within {MAIN_DONE_TIMEOUT:?}; the service manager follows pid {} now, so generation {} drains",
+                self.shared.generation + 1,
+                u.pid,
+                u.pid,
+                self.shared.generation
+            );
+            warn!("{reason}");
+            answer_failure(&self.shared, u.requester, reason);
+            self.successor_link = Some(u.channel);
+            drop(std::mem::take(&mut self.lock().older));
+            self.begin_drain(u.pid);
+        }
         if let Some(u) = &self.upgrade {
             if now >= u.deadline {
                 let reason = format!(
