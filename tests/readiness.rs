@@ -202,6 +202,21 @@ fn accept_under_restricted_address_families_says_what_to_allow(sd: &Systemd) {
     let out = sd.systemctl(&["start", "app.service"]);
     assert!(!out.status.success(), "the start must fail");
     sd.wait_for_journal("a unit with RestrictAddressFamilies= must allow AF_NETLINK too");
+    // The default mode probes too, and names its opt-out.
+    let default = format!("--listen web=tcp:127.0.0.1:{}", free_port());
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &default,
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n",
+        ),
+    )]);
+    sd.ok(&["reset-failed", "app.service"]);
+    assert!(!sd.systemctl(&["start", "app.service"]).status.success());
+    sd.wait_for_journal(
+        "must allow AF_NETLINK too (or go without the proof that every mode includes: --ready notify+unproven)",
+    );
     sd.install(&[(
         "app.service",
         &unit(

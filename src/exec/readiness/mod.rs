@@ -185,9 +185,15 @@ impl Readiness {
             // No fallback to /proc/net/tcp: it lists every socket of the
             // network namespace and took 0.9 s to read with 38,000
             // TIME_WAIT entries left by load; sock_diag looks one up.
+            let only_implied = targets.iter().all(|t| t.implied);
             Some(SockDiag::open().map_err(|e| {
                 format!(
-                    "--ready {mode}: the probes need a sock_diag netlink socket to see which process accepted them, and it was refused ({e}); a unit with RestrictAddressFamilies= must allow AF_NETLINK too"
+                    "--ready {mode}: the probes need a sock_diag netlink socket to see which process accepted them, and it was refused ({e}); a unit with RestrictAddressFamilies= must allow AF_NETLINK too{}",
+                    if only_implied {
+                        format!(" (or go without the proof that every mode includes: --ready {mode}+unproven)")
+                    } else {
+                        String::new()
+                    }
                 )
             })?)
         };
