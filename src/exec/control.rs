@@ -626,7 +626,7 @@ fn parse_candidates(pid: u32, lines: impl Iterator<Item = String>) -> Vec<String
 /// from `/proc/net/unix` is tried, and only a socket whose listener is `pid`
 /// itself (`SO_PEERCRED`, recorded by the kernel when it called
 /// `listen(2)`) is kept. Candidates with a full backlog are tried again for
-/// [`CONNECT_PATIENCE`].
+/// 5 s.
 pub fn connect_verified(pid: u32) -> Result<OwnedFd, ClientError> {
     use std::io::BufRead;
     let file = std::fs::File::open("/proc/net/unix")
