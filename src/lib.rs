@@ -15,6 +15,13 @@
 //!   name, readiness, `fdstore-exec reload` / SIGHUP / a call to upgrade,
 //!   and a [`Drain`] handle). With the `tokio` feature it also returns tokio
 //!   sockets.
+//! - `Upgrader::ready_async` and `Upgrader::upgrade_async` (feature
+//!   `tokio`): the same for async code; the upgrader is cheap to clone.
+//! - `serve` (features `hyper`, `axum`): serve a hyper service or an axum
+//!   `Router` on fdstore listeners and drain as `fdstore(7)` prescribes, in
+//!   one call (see `examples/axum.rs`).
+//! - [`reload()`] and [`client`]: the `fdstore-exec reload` client in the
+//!   library, so that a service is its own `ExecReload=` command.
 //! - [`exec`]: the supervisor behind the `fdstore-exec` command.
 //!
 //! ```no_run

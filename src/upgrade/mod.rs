@@ -245,8 +245,10 @@ pub(crate) enum Command {
 /// [`ListenerSpec`](crate::ListenerSpec) and put into the fd store), reports
 /// readiness, and replaces the running process with a new one on request:
 /// `fdstore-exec reload` (the same control socket as fdstore-exec, so the
-/// same `ExecReload=` line works), SIGHUP (`Type=notify-reload`), or
-/// [`Upgrader::upgrade`]. The new generation is the program's executable as
+/// same `ExecReload=` line works) or the program's own reload command
+/// ([`crate::reload()`], [`crate::client::run_if_asked`]:
+/// `ExecReload=/usr/bin/myapp reload`), SIGHUP (`Type=notify-reload`, under
+/// a service manager only), or [`Upgrader::upgrade`]. The new generation is the program's executable as
 /// it is on disk now, started with the same arguments; it becomes the unit's
 /// main process (a child of the manager, not of the old process) once it is
 /// ready, and only then is the old generation told to [`drain`](Drain).
