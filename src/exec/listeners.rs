@@ -172,8 +172,13 @@ fn log_received(names: &[String]) {
 }
 
 /// The first [`NAMES_LOGGED`] names, then how many more.
-fn names_in_brief(names: &[String]) -> String {
-    let shown = names[..names.len().min(NAMES_LOGGED)].join(", ");
+pub(crate) fn names_in_brief<S: AsRef<str>>(names: &[S]) -> String {
+    let shown = names
+        .iter()
+        .take(NAMES_LOGGED)
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(", ");
     match names.len().saturating_sub(NAMES_LOGGED) {
         0 => shown,
         more => format!("{shown} and {more} more"),

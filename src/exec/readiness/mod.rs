@@ -46,6 +46,9 @@ use probe::{probe_address, Target};
 /// The longest one run of a `command:` check may take; it is killed (with
 /// its process group) after that, and tried again.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many listeners whose proof failed a timeout message describes one
+/// by one; the rest are named in brief.
+const DESCRIBED_MAX: usize = 5;
 /// The pause between two runs of a `command:` check.
 const COMMAND_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -298,7 +301,22 @@ impl Readiness {
         let mut hint = "";
         if missing.is_empty() {
             let failed: Vec<&Target> = self.targets.iter().filter(|t| !t.passed()).collect();
-            missing.extend(failed.iter().map(|t| t.describe(self.generation)));
+            // Bounded: a program with a thousand listeners it does not
+            // accept on would otherwise get a status text of 150 kB.
+            missing.extend(
+                failed
+                    .iter()
+                    .take(DESCRIBED_MAX)
+                    .map(|t| t.describe(self.generation)),
+            );
+            if failed.len() > DESCRIBED_MAX {
+                let names: Vec<&str> = failed.iter().map(|t| t.name.as_str()).collect();
+                missing.push(format!(
+                    "and {} more listeners ({})",
+                    failed.len() - DESCRIBED_MAX,
+                    crate::exec::listeners::names_in_brief(&names[DESCRIBED_MAX..])
+                ));
+            }
             if failed.iter().any(|t| t.implied) {
                 hint = " (every mode proves that the new generation accepts on each stream listener; for a program that does not accept on one, add +unproven:NAME and trust it there)";
             }
@@ -580,6 +598,32 @@ mod tests {
         assert!(
             e.contains("listener web is named by both accept:web and unproven"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_timeout_message_describes_a_few_listeners_and_names_the_rest() {
+        let listeners: Vec<NamedFd> = (0..8)
+            .map(|i| {
+                named(
+                    &format!("l{i}"),
+                    std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+                )
+            })
+            .collect();
+        let mut r = plan("exec", &listeners).unwrap();
+        r.begin(std::process::id(), Instant::now());
+        assert!(!r.step(Instant::now()));
+        let text = r.pending(Instant::now());
+        assert_eq!(
+            text.matches("no probe was accepted by generation 2")
+                .count(),
+            DESCRIBED_MAX,
+            "{text}"
+        );
+        assert!(
+            text.contains("; and 3 more listeners (l5, l6, l7)"),
+            "{text}"
         );
     }
 
