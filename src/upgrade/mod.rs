@@ -310,12 +310,15 @@ pub(crate) enum Command {
 ///   do not treat SIGHUP, SIGTERM or SIGINT as your own.
 /// - It takes `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_PIDFDID` and
 ///   `LISTEN_FDNAMES` out of the environment (so that a child does not take
-///   them for its own). Changing the environment is not thread-safe in
-///   glibc: a concurrent `getenv` in another thread may read freed memory.
-///   Hence create it before starting threads that read the environment.
-///   Inside `#[tokio::main]` that is safe in practice (the runtime's idle
-///   workers read no environment); the airtight pattern creates it first
-///   and starts the runtime after:
+///   them for its own), and marks the inherited listeners close-on-exec
+///   (until then, a process another thread starts inherits them, and keeps
+///   them open after this generation is gone). Changing the environment is
+///   not thread-safe in glibc: a concurrent `getenv` in another thread may
+///   read freed memory. Hence "create it before starting threads that spawn
+///   processes or read the environment". Inside `#[tokio::main]` that holds
+///   (the runtime's idle workers do neither), so creating it first thing in
+///   an async `main` is fine; the airtight pattern creates it before the
+///   runtime:
 ///
 /// ```no_run
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -362,7 +365,8 @@ impl Upgrader {
     /// Takes the listeners passed in `LISTEN_FDS` (by systemd or the
     /// previous generation), the manager's `NOTIFY_SOCKET`, and, in a new
     /// generation, the channel to the previous one. Call it early, before
-    /// starting threads that spawn processes.
+    /// starting threads that spawn processes or read the environment (see
+    /// *Caveats* on [`Upgrader`]: `#[tokio::main]` is fine).
     pub fn with_options(options: UpgradeOptions) -> Result<Upgrader, UpgradeError> {
         let bound = GenerationBound::new(options.max_generations, options.at_max_generations)
             .map_err(|e| setup(format!("UpgradeOptions: {e}")))?;
