@@ -536,6 +536,36 @@ fn channel_inodes(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Holds the first read on process `pid`'s hand-over channel (its `MAIN`,
+/// for a new generation) for a minute, with strace; until the returned
+/// process is dropped.
+fn stall_channel_reads(pid: u32) -> Running {
+    let channels = channel_inodes(pid);
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    let mut strace = Command::new("strace");
+    strace
+        .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+        .arg("-P")
+        .arg(format!("socket:[{}]", channels[0]))
+        .args([
+            "-e",
+            "trace=recvfrom",
+            "-e",
+            "inject=recvfrom:delay_exit=60000000:when=1",
+        ]);
+    let tracer = Running(
+        strace
+            .spawn()
+            .expect("strace is needed (Debian package strace)"),
+    );
+    wait_for("strace to attach", Duration::from_secs(10), || {
+        support::proc_status(pid, "TracerPid:")
+            .is_some_and(|t| t.trim() != "0")
+            .then_some(())
+    });
+    tracer
+}
+
 /// Point 9: the new generation stalls right after it was made the main
 /// process (`MAINPID=` confirmed, `MAIN` sent): strace holds its read of
 /// `MAIN` on the hand-over channel for a minute. Today's main: the old
@@ -567,29 +597,7 @@ fn a_new_generation_that_stalls_after_becoming_main_leaves_one_generation(sd: &S
                     .is_ok_and(|e| e.ends_with("fdstore-exec"))
         })
         .expect("the new generation's fdstore-exec");
-    let channels = channel_inodes(successor);
-    assert_eq!(channels.len(), 1, "{channels:?}");
-    let mut strace = Command::new("strace");
-    strace
-        .args(["-qq", "-o", "/dev/null", "-p", &successor.to_string()])
-        .arg("-P")
-        .arg(format!("socket:[{}]", channels[0]))
-        .args([
-            "-e",
-            "trace=recvfrom",
-            "-e",
-            "inject=recvfrom:delay_exit=60000000:when=1",
-        ]);
-    let tracer = Running(
-        strace
-            .spawn()
-            .expect("strace is needed (Debian package strace)"),
-    );
-    wait_for("strace to attach", Duration::from_secs(10), || {
-        support::proc_status(successor, "TracerPid:")
-            .is_some_and(|t| t.trim() != "0")
-            .then_some(())
-    });
+    let tracer = stall_channel_reads(successor);
     std::fs::write(&gate, "").unwrap();
     let out = reload.join().unwrap();
     let stderr = text(&out.stderr);
@@ -614,6 +622,66 @@ fn a_new_generation_that_stalls_after_becoming_main_leaves_one_generation(sd: &S
     assert_eq!(sd.show("app.service", "ActiveState"), "active");
 }
 
+/// Point 9 for the library: the new generation (upgrade_std, 2 s to get
+/// ready) stalls after it was made the main process. Today's main: the old
+/// one killed it at the hand-over deadline, the process the manager
+/// follows. Now the old one reports the reload as failed after 5 s and
+/// drains; the new one serves once it goes on.
+fn a_library_generation_that_stalls_after_becoming_main_is_not_killed(sd: &Systemd) {
+    let config = sd.path("app.conf");
+    std::fs::write(&config, "hello\n").unwrap();
+    let port = free_port();
+    sd.install(&[(
+        "app.service",
+        &format!(
+            "[Service]\nType=notify\nFileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStartSec=30\n\
+             ExecStart={} --listen http=tcp:127.0.0.1:{port} --config {} --drain-timeout 3s\n\
+             ExecReload={} reload\n",
+            example("upgrade_std").display(),
+            config.display(),
+            fdstore_exec(),
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    let first = main_pid(sd);
+    std::fs::write(&config, "slow-start\n").unwrap();
+    let reload = std::thread::spawn(move || support::app::reload_command(first));
+    let successor = wait_for("generation 2 to start", Duration::from_secs(20), || {
+        sd.unit_processes("app.service").into_iter().find(|&p| {
+            p != first
+                && std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|e| e.ends_with("upgrade_std"))
+                && !channel_inodes(p).is_empty()
+        })
+    });
+    let tracer = stall_channel_reads(successor);
+    let out = reload.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "(pid {successor}) was made the main process but did not confirm the hand-over within 5s"
+        )),
+        "{stderr}"
+    );
+    support::app::wait_gone(&first.to_string());
+    assert!(support::app::alive(&successor.to_string()));
+    assert_eq!(main_pid(sd), successor);
+    drop(tracer);
+    wait_for(
+        "the new generation to serve",
+        Duration::from_secs(20),
+        || {
+            get(port)
+                .ok()
+                .filter(|b| b.contains("generation 2)"))
+                .map(|_| ())
+        },
+    );
+    assert_eq!(main_pid(sd), successor);
+    assert_eq!(sd.show("app.service", "ActiveState"), "active");
+}
+
 on_each_systemd!(
     a_squatter_never_answers_for_fdstore_exec,
     a_squatter_cannot_keep_a_library_service_from_starting,
@@ -622,4 +690,5 @@ on_each_systemd!(
     a_connection_flood_does_not_starve_a_library_service,
     a_notification_flood_from_outside_is_bounded_in_the_journal,
     a_new_generation_that_stalls_after_becoming_main_leaves_one_generation,
+    a_library_generation_that_stalls_after_becoming_main_is_not_killed,
 );
