@@ -86,6 +86,10 @@ struct Outcome {
     round_trips: Vec<Duration>,
     logged: LoggedTimes,
     max_rss_kib: Option<u64>,
+    /// Of the RSS, the anonymous part (heap, stacks: `RssAnon`), which no
+    /// other process shares; the rest is the executable's and libraries'
+    /// pages, shared with every generation.
+    max_anon_kib: Option<u64>,
     idle_wakeups: Option<u64>,
 }
 
@@ -399,6 +403,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     let mut round_trips = Vec::new();
     let mut event_failures = 0;
     let mut max_rss_kib = None;
+    let mut max_anon_kib = None;
     let mut started_monotonic = Vec::new();
     for i in 0..events {
         let started = Instant::now();
@@ -435,8 +440,13 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
             }
         }
         if kind.uses_fdstore_exec() {
-            if let Some(rss) = main_pid(&sd).and_then(|pid| status_value(pid, "VmRSS:")) {
-                max_rss_kib = Some(max_rss_kib.map_or(rss, |m: u64| m.max(rss)));
+            if let Some(pid) = main_pid(&sd) {
+                let max = |m: Option<u64>, v: Option<u64>| match (m, v) {
+                    (Some(m), Some(v)) => Some(m.max(v)),
+                    (m, v) => m.or(v),
+                };
+                max_rss_kib = max(max_rss_kib, status_value(pid, "VmRSS:"));
+                max_anon_kib = max(max_anon_kib, status_value(pid, "RssAnon:"));
             }
         }
         let next = started + interval;
@@ -478,6 +488,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         round_trips,
         logged,
         max_rss_kib,
+        max_anon_kib,
         idle_wakeups,
     }
 }
@@ -737,7 +748,7 @@ fn print_extras(outcomes: &[Outcome], one: &ListenerRun, many: &ListenerRun) {
         .iter()
         .find(|o| o.kind == Kind::NoopReload)
         .and_then(|o| median(o.round_trips.clone()));
-    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS | idle wake-ups in 5 s |");
+    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS (anonymous) | idle wake-ups in 5 s |");
     println!("|---|---|---|---|---|---|---|---|");
     let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
     for o in outcomes {
@@ -766,8 +777,14 @@ fn print_extras(outcomes: &[Outcome], one: &ListenerRun, many: &ListenerRun) {
             or_dash(handover50),
             or_dash(handover99),
             overhead,
-            o.max_rss_kib
-                .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            match (o.max_rss_kib, o.max_anon_kib) {
+                (Some(rss), Some(anon)) => format!(
+                    "{:.1} MiB ({:.2} MiB)",
+                    rss as f64 / 1024.0,
+                    anon as f64 / 1024.0
+                ),
+                _ => "-".into(),
+            },
             o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
         );
     }
