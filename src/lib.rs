@@ -56,6 +56,7 @@ mod kind;
 mod listen;
 mod name;
 mod notify;
+mod reload;
 mod signal;
 mod spec;
 mod sys;

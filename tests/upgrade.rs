@@ -269,8 +269,46 @@ fn reload_by_signal(sd: &Systemd) {
     assert!(!sd.journal().contains("not our child"));
 }
 
+/// A SIGHUP while a reload by SIGHUP is in progress must not answer the
+/// manager: `READY=1` then would end the unit's reload state while the new
+/// generation is still starting (the library used to send `RELOADING=1`
+/// and `READY=1` for it; fdstore-exec stayed silent).
+fn a_sighup_during_a_reload_leaves_the_reload_state_alone(sd: &Systemd) {
+    let port = start(sd, Example::Std, "10s");
+    let first = main_pid(sd);
+    // The new version takes two seconds to be ready.
+    std::fs::write(sd.path("app.conf"), "slow-start\n").unwrap();
+    let hup = ["kill", "--kill-who=main", "--signal=SIGHUP", "app.service"];
+    sd.ok(&hup);
+    wait_for(
+        "the new generation to start",
+        Duration::from_secs(20),
+        || (sd.unit_processes("app.service").len() == 2).then_some(()),
+    );
+    // RELOADING=1 from the first SIGHUP.
+    sd.wait_for_property("app.service", "ActiveState", "reloading");
+    sd.ok(&hup);
+    sd.wait_for_journal("reload refused: a reload is already in progress");
+    // Until the new generation is the main process, the unit is reloading.
+    while main_pid(sd) == first {
+        let state = sd.show("app.service", "ActiveState");
+        if main_pid(sd) != first {
+            break;
+        }
+        assert_eq!(
+            state, "reloading",
+            "a second SIGHUP ended the reload state early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    new_main(sd, first);
+    sd.wait_for_property("app.service", "ActiveState", "active");
+    assert!(get(port, "/").unwrap().contains("generation 2)"));
+}
+
 on_each_systemd!(
     reload_by_signal,
+    a_sighup_during_a_reload_leaves_the_reload_state_alone,
     std_example_hands_over_under_traffic,
     tokio_example_hands_over_under_traffic,
     a_broken_new_version_rolls_back,

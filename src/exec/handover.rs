@@ -48,12 +48,6 @@ pub const HANDOVER_ENV: &str = "FDSTORE_EXEC_HANDOVER";
 /// The hidden first argument of the intermediate process.
 pub const SPAWN_ARG: &str = "__spawn";
 
-/// How long the old main process waits for `DONE` after it sent `MAIN`.
-/// By then the manager follows the new process (`MAINPID=` was
-/// confirmed), so when the new one stalls the old one does not stay on as a
-/// second main process: it reports the reload as failed and drains.
-pub const MAIN_DONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {

@@ -15,6 +15,7 @@
 //! notification socket and pidfd, the control socket and its clients, and the
 //! hand-over channels.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ExitStatus};
@@ -27,14 +28,10 @@ use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
 use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, SignalRoles, STOP_SIGNALS};
-use super::control::{
-    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlEndpoint, Refusal, Reply,
-    Request,
-};
+use super::control::{cgroup_of, ControlConnection, ControlEndpoint, Reply, Request};
 use super::generations::OlderGenerations;
 use super::handover::{
     make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
-    MAIN_DONE_TIMEOUT,
 };
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::log_limit::{LogLimit, Verdict};
@@ -43,12 +40,8 @@ use super::readiness::Readiness;
 use super::relay::{NotifyRelay, RelayMessage};
 use crate::listen::NamedFd;
 use crate::notify::{Notification, Notifier};
+use crate::reload::{successor_events, Action, Event, Facts, Reload, Requester, BARRIER_TIMEOUT};
 
-/// How long the old main process waits for the manager to process
-/// `MAINPID=` (`BARRIER=1`).
-const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a successor gets beyond its ready timeout to finish a hand-over.
-const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
 /// At most this many "ignored a notification from outside" lines per
 /// [`OUTSIDER_WINDOW`].
 const OUTSIDER_LINES: u32 = 10;
@@ -119,23 +112,6 @@ enum Role {
     Draining { deadline: Instant, killed: bool },
 }
 
-/// Who asked for the reload in progress.
-enum Requester {
-    Client(ControlConnection),
-    Signal,
-}
-
-/// A reload in progress, seen from the old main process.
-struct Handover {
-    channel: Channel,
-    requester: Requester,
-    started: Instant,
-    deadline: Instant,
-    /// The new process's pid, once it said hello.
-    successor: Option<u32>,
-    main_sent: bool,
-}
-
 /// What woke the loop.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -163,7 +139,11 @@ struct Supervisor<'c> {
     /// closed when it hands over.
     control: Option<ControlEndpoint>,
     own_cgroup: Option<String>,
-    handover: Option<Handover>,
+    /// The reloads of this generation as the main process (see
+    /// [`crate::reload`]).
+    reload: Reload<ControlConnection>,
+    /// The hand-over channel to the new generation, during a reload.
+    handover: Option<Channel>,
     /// The channel to the previous generation: while a successor, and after
     /// that until the previous generation is gone.
     predecessor: Option<Channel>,
@@ -338,6 +318,7 @@ impl<'c> Supervisor<'c> {
             role: if is_main { Role::Main } else { Role::Successor },
             control: Some(control),
             own_cgroup: cgroup_of(std::process::id()),
+            reload: Reload::new(number, pid, config.ready_timeout),
             handover: None,
             predecessor: None,
             successor_link: None,
@@ -372,11 +353,8 @@ impl<'c> Supervisor<'c> {
             (_, None) if g.ready => text.push_str(": serving"),
             (_, None) => text.push_str(": starting"),
         }
-        if self.handover.is_some() {
-            text.push_str(&format!(
-                "; reloading (generation {} starting)",
-                g.number + 1
-            ));
+        if let Some((next, _)) = self.reload.in_progress() {
+            text.push_str(&format!("; reloading (generation {next} starting)"));
         } else if let Some(outcome) = &self.last_reload {
             text.push_str("; ");
             text.push_str(outcome);
@@ -449,7 +427,6 @@ impl<'c> Supervisor<'c> {
                 .handover
                 .as_ref()
                 .expect("polled only during a reload")
-                .channel
                 .as_fd(),
             Source::Predecessor => self
                 .predecessor
@@ -506,8 +483,8 @@ impl<'c> Supervisor<'c> {
                 consider(t);
             }
         }
-        if let Some(h) = &self.handover {
-            consider(h.deadline);
+        if let Some(deadline) = self.reload.deadline() {
+            consider(deadline);
         }
         if let Some(t) = self.control.as_ref().and_then(ControlEndpoint::next_wake) {
             consider(t);
@@ -534,20 +511,7 @@ impl<'c> Supervisor<'c> {
                 self.not_ready_in_time()?;
             }
         }
-        if self
-            .handover
-            .as_ref()
-            .is_some_and(|h| h.main_sent && now >= h.deadline)
-        {
-            self.main_stalled();
-        }
-        if self.handover.as_ref().is_some_and(|h| now >= h.deadline) {
-            let took = self.config.ready_timeout + HANDOVER_MARGIN;
-            self.fail_reload(format!(
-                "generation {} did not complete the hand-over within {took:?}",
-                self.generation.number + 1
-            ));
-        }
+        self.drive(Event::Tick);
         if let Role::Draining { deadline, killed } = self.role {
             if !killed && now >= deadline {
                 let survivors = self.generation.processes();
@@ -730,19 +694,14 @@ impl<'c> Supervisor<'c> {
             self.stopping = true;
             // Ends the probes and kills a check command in progress.
             self.readiness = None;
-            match self.role {
-                Role::Main if self.handover.is_some() => {
-                    self.fail_reload("the unit is stopping".into())
+            self.drive(Event::Stop);
+            if self.role == Role::Successor {
+                if let Some(channel) = &self.predecessor {
+                    let _ = channel.send(&Message::Failed(format!(
+                        "generation {} received {signal} before the hand-over completed",
+                        self.generation.number
+                    )));
                 }
-                Role::Successor => {
-                    if let Some(channel) = &self.predecessor {
-                        let _ = channel.send(&Message::Failed(format!(
-                            "generation {} received {signal} before the hand-over completed",
-                            self.generation.number
-                        )));
-                    }
-                }
-                _ => {}
             }
             self.forward(signal);
         } else {
@@ -934,12 +893,10 @@ impl<'c> Supervisor<'c> {
                 Err(fail(sysexits::UNAVAILABLE, message))
             }
             Role::Main => {
-                if self.handover.is_some() {
-                    self.fail_reload(format!(
-                        "the serving generation {} {described}",
-                        self.generation.number
-                    ));
-                }
+                self.drive(Event::Abort(format!(
+                    "the serving generation {} {described}",
+                    self.generation.number
+                )));
                 Ok(Some(self.finish(status)))
             }
         }
@@ -1041,271 +998,133 @@ impl<'c> Supervisor<'c> {
 
     // ----- reloads, seen from the old main process -----
 
-    fn refuse(&self, requester: Requester, kind: Refusal, text: String) {
-        warn!("reload refused: {text}");
-        match requester {
-            Requester::Client(connection) => {
-                let _ = connection.reply(&Reply::Err(kind, text));
-            }
-            // A SIGHUP during a reload: the reload under way answers the
-            // manager.
-            Requester::Signal if self.handover.is_some() => {}
-            Requester::Signal => {
-                // Type=notify-reload waits for RELOADING=1 and READY=1.
-                let status = format!("{}; reload refused: {text}", self.status_text());
-                let _ = self.notifier.notify(&[Notification::Reloading]);
-                let _ = self
-                    .notifier
-                    .notify(&[Notification::Ready, Notification::Status(&status)]);
-            }
-        }
-    }
-
-    fn start_reload(&mut self, requester: Requester) {
-        let n = self.generation.number;
-        if self.config.mode == Mode::Restart {
-            return self.refuse(
-                requester,
-                Refusal::Unsupported,
-                "fdstore-exec runs with --mode=restart: listeners stay in the fd store across `systemctl restart`; reload by hand-over is off".into(),
-            );
-        }
-        if let Some(h) = &self.handover {
-            return self.refuse(
-                requester,
-                Refusal::Busy,
-                busy_text(n + 1, h.started.elapsed()),
-            );
-        }
-        if self.role != Role::Main {
-            return self.refuse(
-                requester,
-                Refusal::Busy,
-                format!("generation {n} is not the main process (yet); ask the main process"),
-            );
-        }
-        if self.stopping {
-            return self.refuse(requester, Refusal::Stopping, "the unit is stopping".into());
-        }
-        if !self.generation.ready {
-            return self.refuse(requester, Refusal::Busy, still_starting_text(n));
-        }
-        if let Err(text) = self.older.make_room(self.config.generations, n) {
-            return self.refuse(requester, Refusal::Busy, text);
-        }
-        if matches!(requester, Requester::Signal) {
-            let _ = self.notifier.notify(&[Notification::Reloading]);
-        }
-        let started = Instant::now();
-        let spawned = Channel::pair().and_then(|(ours, theirs)| {
-            let mut intermediate = spawn_successor(
-                &self.config.program.trampoline,
-                &self.config.args,
-                &self.listeners.active,
-                theirs,
-                n + 1,
-                &self.listeners.managed,
-                &self.older,
-            )?;
-            // Reaped before anything is said to the manager, so the new
-            // process is re-parented to it.
-            let status = intermediate.wait()?;
-            if status.success() {
-                Ok(ours)
-            } else {
-                Err(std::io::Error::other(format!(
-                    "the intermediate process {}",
-                    describe(status)
-                )))
-            }
-        });
-        let channel = match spawned {
-            Ok(channel) => channel,
-            Err(e) => {
-                let reason = format!("could not start generation {}: {e}", n + 1);
-                return self.reload_failed(requester, started, reason);
-            }
+    fn start_reload(&mut self, requester: Requester<ControlConnection>) {
+        let facts = Facts {
+            ready: self.generation.ready,
+            main: self.role == Role::Main,
+            unsupported: (self.config.mode == Mode::Restart).then(|| {
+                "fdstore-exec runs with --mode=restart: listeners stay in the fd store across `systemctl restart`; reload by hand-over is off".to_owned()
+            }),
         };
-        info!("starting generation {}", n + 1);
-        self.handover = Some(Handover {
-            channel,
-            requester,
-            started,
-            deadline: started + self.config.ready_timeout + HANDOVER_MARGIN,
-            successor: None,
-            main_sent: false,
-        });
-        self.update_status();
+        self.drive(Event::Request(requester, facts));
     }
 
     fn on_successor(&mut self) {
-        loop {
-            let Some(h) = &self.handover else { return };
-            let message = match h.channel.recv() {
-                Ok(None) => return,
-                Ok(Some(message)) => message,
-                Err(e) => {
-                    self.fail_reload(format!("the hand-over channel failed: {e}"));
-                    return;
-                }
-            };
-            match message {
-                Some(Message::Hello(pid)) => self.on_successor_hello(pid),
-                Some(Message::Ready) => self.on_successor_ready(),
-                Some(Message::Failed(reason)) => self.fail_reload(reason),
-                Some(Message::Done) => return self.complete_reload(),
-                Some(other) => debug!(?other, "unexpected message from the new generation"),
-                None => {
-                    let pid = h.successor;
-                    let when = if h.main_sent {
-                        "after it was made the main process"
-                    } else {
-                        "before its program was ready"
-                    };
-                    return self.fail_reload(format!(
-                        "the new fdstore-exec (generation {}, pid {}) went away {when}; see the journal",
-                        self.generation.number + 1,
-                        pid.map_or("unknown".into(), |p| p.to_string())
-                    ));
+        let Some(channel) = &self.handover else {
+            return;
+        };
+        for event in successor_events(channel) {
+            self.drive(event);
+        }
+    }
+
+    /// Hands `event` to the reload state machine and carries out what it
+    /// says, feeding the outcomes back.
+    fn drive(&mut self, event: Event<ControlConnection>) {
+        let mut queue: VecDeque<Action<ControlConnection>> =
+            self.reload.handle(event, Instant::now()).into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(event) = self.carry_out(action) {
+                // What follows from it comes before the rest.
+                for action in self.reload.handle(event, Instant::now()).into_iter().rev() {
+                    queue.push_front(action);
                 }
             }
         }
     }
 
-    fn on_successor_hello(&mut self, pid: u32) {
-        debug!(pid, "generation {} started", self.generation.number + 1);
-        if let Some(h) = &mut self.handover {
-            h.successor = Some(pid);
-        }
-    }
-
-    fn on_successor_ready(&mut self) {
-        let Some(pid) = self.handover.as_ref().and_then(|h| h.successor) else {
-            return self.fail_reload("the new generation reported readiness before its pid".into());
-        };
-        if let Err(reason) = make_main_process(&self.notifier, pid, BARRIER_TIMEOUT) {
-            return self.fail_reload(reason);
-        }
-        // A stop that raced the MAINPID= message shows up as a signal to us:
-        // the manager then ignored MAINPID=, and the hand-over must end here.
-        self.read_signals();
-        let Some(h) = &mut self.handover else { return };
-        let took = h.started.elapsed().as_millis() as u64;
-        if let Err(e) = h.channel.send(&Message::Main(took)) {
-            return self.fail_reload(format!(
-                "telling generation {} it is the main process: {e}",
-                self.generation.number + 1
-            ));
-        }
-        h.main_sent = true;
-        h.deadline = Instant::now() + MAIN_DONE_TIMEOUT;
-        info!(
-            pid,
-            "generation {} is the main process now",
-            self.generation.number + 1
-        );
-    }
-
-    /// The new generation was made the main process but did not say `DONE`
-    /// in time. The manager follows it already, so this one must not stay on
-    /// as a second main process: the reload is reported as failed, and this
-    /// generation drains as after a hand-over.
-    fn main_stalled(&mut self) {
-        let Some(h) = &self.handover else { return };
-        let pid = h.successor.unwrap_or(0);
-        let reason = format!(
-            "generation {} (pid {pid}) was made the main process but did not confirm the hand-over within {MAIN_DONE_TIMEOUT:?}; the service manager follows pid {pid} now, so generation {} (pid {}) drains; see the journal of pid {pid}",
-            self.generation.number + 1,
-            self.generation.number,
-            std::process::id()
-        );
-        error!("{reason}");
-        self.last_reload = Some(format!("reload failed: {reason}"));
-        self.complete_reload_with(Reply::Err(Refusal::Failed, reason));
-    }
-
-    fn complete_reload(&mut self) {
-        let Some(h) = &self.handover else {
-            return;
-        };
-        let pid = h.successor.unwrap_or(0);
-        let took = h.started.elapsed();
-        let text = format!(
-            "generation {} (pid {pid}) is serving; the hand-over took {} ms",
-            self.generation.number + 1,
-            took.as_millis()
-        );
-        info!(
-            ?took,
-            "{text}; draining generation {}", self.generation.number
-        );
-        self.complete_reload_with(Reply::Ok(text));
-    }
-
-    /// Ends the hand-over with `reply` to the client that asked for it, and
-    /// drains this generation.
-    fn complete_reload_with(&mut self, reply: Reply) {
-        let Some(h) = self.handover.take() else {
-            return;
-        };
-        let pid = h.successor.unwrap_or(0);
-        if let Requester::Client(connection) = &h.requester {
-            let _ = connection.reply(&reply);
-        }
-        self.successor_link = Some(h.channel);
-        // The new main process keeps track of the older generations now.
-        self.older = OlderGenerations::default();
-        if let Some(control) = self.control.take() {
-            control.close_with(&Reply::handed_over(pid));
-        }
-        self.forward(self.config.drain_signal);
-        self.role = Role::Draining {
-            deadline: Instant::now() + self.config.drain_timeout,
-            killed: false,
-        };
-    }
-
-    /// Ends the reload in progress as failed; the new generation (if it
-    /// still runs) stops when its channel closes.
-    fn fail_reload(&mut self, reason: String) {
-        if let Some(h) = self.handover.take() {
-            drop(h.channel);
-            self.reload_failed(h.requester, h.started, reason);
-        }
-    }
-
-    fn reload_failed(&mut self, requester: Requester, started: Instant, reason: String) {
-        error!(
-            "reload failed after {} ms: {reason}; generation {} keeps serving",
-            started.elapsed().as_millis(),
-            self.generation.number
-        );
-        self.last_reload = Some(format!("reload failed: {reason}"));
-        self.update_status();
-        match requester {
-            Requester::Client(connection) => {
-                let kind = if self.stopping {
-                    Refusal::Stopping
-                } else {
-                    Refusal::Failed
-                };
-                let _ = connection.reply(&Reply::Err(
-                    kind,
-                    format!(
-                        "{reason}; generation {} (pid {}) keeps serving",
-                        self.generation.number,
-                        self.generation.pid()
-                    ),
-                ));
+    fn carry_out(&mut self, action: Action<ControlConnection>) -> Option<Event<ControlConnection>> {
+        let next = self.generation.number + 1;
+        match action {
+            Action::MakeRoom => {
+                return Some(Event::Room(
+                    self.older
+                        .make_room(self.config.generations, self.generation.number),
+                ))
             }
-            Requester::Signal if !self.stopping => {
+            Action::NotifyReloading => {
+                let _ = self.notifier.notify(&[Notification::Reloading]);
+            }
+            Action::NotifyReady => {
+                self.take_outcome();
                 let status = self.status_text();
                 let _ = self
                     .notifier
                     .notify(&[Notification::Ready, Notification::Status(&status)]);
             }
-            Requester::Signal => {}
+            Action::UpdateStatus => {
+                self.take_outcome();
+                self.update_status();
+            }
+            Action::Spawn => return Some(Event::Spawned(self.spawn_successor().map(|()| None))),
+            Action::MakeMain { pid } => {
+                let made = make_main_process(&self.notifier, pid, BARRIER_TIMEOUT);
+                // A stop that raced the MAINPID= message shows up as a
+                // signal to us: the manager then ignored MAINPID=, and the
+                // hand-over ends here (the machine drops MainPidSent).
+                self.read_signals();
+                return Some(match made {
+                    Ok(()) => Event::MainPidSent,
+                    Err(reason) => Event::MainPidRefused(reason),
+                });
+            }
+            Action::SendMain { took } => {
+                let channel = self.handover.as_ref()?;
+                if let Err(e) = channel.send(&Message::Main(took.as_millis() as u64)) {
+                    return Some(Event::Broken(format!(
+                        "telling generation {next} it is the main process: {e}"
+                    )));
+                }
+            }
+            // The new generation stops its program when its channel closes.
+            Action::Abandon { .. } => self.handover = None,
+            Action::Answer(connection, answer) => {
+                let _ = connection.reply(&answer.reply());
+            }
+            Action::BeginDrain { successor } => {
+                self.successor_link = self.handover.take();
+                // The new main process keeps track of the older generations now.
+                self.older = OlderGenerations::default();
+                if let Some(control) = self.control.take() {
+                    control.close_with(&Reply::handed_over(successor));
+                }
+                self.forward(self.config.drain_signal);
+                self.role = Role::Draining {
+                    deadline: Instant::now() + self.config.drain_timeout,
+                    killed: false,
+                };
+            }
         }
+        None
+    }
+
+    fn take_outcome(&mut self) {
+        if let Some(outcome) = self.reload.take_outcome() {
+            self.last_reload = Some(outcome);
+        }
+    }
+
+    /// Starts the next generation; its pid comes in its `HELLO`.
+    fn spawn_successor(&mut self) -> Result<(), String> {
+        let (ours, theirs) = Channel::pair().map_err(|e| e.to_string())?;
+        let mut intermediate = spawn_successor(
+            &self.config.program.trampoline,
+            &self.config.args,
+            &self.listeners.active,
+            theirs,
+            self.generation.number + 1,
+            &self.listeners.managed,
+            &self.older,
+        )
+        .map_err(|e| e.to_string())?;
+        // Reaped before anything is said to the manager, so the new
+        // process is re-parented to it.
+        let status = intermediate.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("the intermediate process {}", describe(status)));
+        }
+        self.handover = Some(ours);
+        Ok(())
     }
 
     // ----- reloads, seen from the new generation -----

@@ -2,6 +2,7 @@
 //! [`Upgrader::upgrade`](super::Upgrader::upgrade) calls, runs an upgrade
 //! from start to outcome, and ends the process at the drain deadline.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,33 +17,19 @@ use tracing::{info, warn};
 use super::drain::DrainReason;
 use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
 use crate::exec::control::{
-    busy_text, cgroup_of, still_starting_text, ControlConnection, ControlEndpoint, Refusal, Reply,
-    Request,
+    cgroup_of, ControlConnection, ControlEndpoint, Refusal, Reply, Request,
 };
-use crate::exec::handover::{
-    make_main_process, Channel, Inheritance, Message, HANDOVER_ENV, MAIN_DONE_TIMEOUT,
-};
+use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
 use crate::notify::Notification;
+use crate::reload::{
+    successor_events, Action, Answer, Event, Facts, Reload, Requester, BARRIER_TIMEOUT,
+};
 use crate::sys::spawn::{DetachedCommand, ListenIdentity};
 
-/// Time on top of the ready timeout for the hand-over's own messages.
-const MARGIN: Duration = Duration::from_secs(5);
-/// How long to wait for the manager to confirm MAINPID=.
-const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
-
-enum Requester {
+/// Who asked for an upgrade, besides a signal.
+enum Caller {
     Client(ControlConnection),
-    Signal,
     Call(Sender<Result<Upgraded, UpgradeError>>),
-}
-
-struct Upgrade {
-    channel: Channel,
-    requester: Requester,
-    pid: u32,
-    started: Instant,
-    deadline: Instant,
-    main_sent: bool,
 }
 
 struct Worker {
@@ -53,11 +40,15 @@ struct Worker {
     /// Bound before the thread starts (so before this generation can become
     /// the main process); closed when it hands over.
     control: Option<ControlEndpoint>,
-    upgrade: Option<Upgrade>,
+    /// The reloads of this generation (see [`crate::reload`]).
+    reload: Reload<Caller>,
+    /// The hand-over channel to the new generation, during an upgrade.
+    channel: Option<Channel>,
+    /// The last upgrade's outcome, for the status.
+    last_reload: Option<String>,
     /// After handing over: the channel to the next generation, on which a
     /// newer one may tell this one to end early.
     successor_link: Option<Channel>,
-    stopping: bool,
     own_cgroup: Option<String>,
 }
 
@@ -69,15 +60,21 @@ pub(super) fn start(
     commands: Receiver<Command>,
 ) -> io::Result<()> {
     let control = ControlEndpoint::bind()?;
+    let reload = Reload::new(
+        shared.generation,
+        std::process::id(),
+        shared.options.ready_timeout,
+    );
     let worker = Worker {
         shared,
         signals,
         wake,
         commands,
         control: Some(control),
-        upgrade: None,
+        reload,
+        channel: None,
+        last_reload: None,
         successor_link: None,
-        stopping: false,
         own_cgroup: cgroup_of(std::process::id()),
     };
     std::thread::Builder::new()
@@ -102,7 +99,7 @@ impl Worker {
             let mut buf = [0u8; 64];
             while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
             while let Ok(Command::Upgrade(reply)) = self.commands.try_recv() {
-                self.start_upgrade(Requester::Call(reply));
+                self.start_upgrade(Requester::Client(Caller::Call(reply)));
             }
             self.serve_control();
             self.on_successor();
@@ -120,7 +117,7 @@ impl Worker {
             .and_then(ControlEndpoint::next_wake)
             .into_iter()
             .collect();
-        deadlines.extend(self.upgrade.as_ref().map(|u| u.deadline));
+        deadlines.extend(self.reload.deadline());
         deadlines.extend(self.shared.drain.notice().map(|n| n.deadline));
         let timeout = deadlines.into_iter().min().and_then(|d| {
             let left = d.saturating_duration_since(now) + Duration::from_millis(1);
@@ -128,7 +125,7 @@ impl Worker {
         });
         let mut watched: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd(), self.wake.as_fd()];
         watched.extend(self.control.iter().flat_map(ControlEndpoint::fds));
-        watched.extend(self.upgrade.as_ref().map(|u| u.channel.as_fd()));
+        watched.extend(self.channel.as_ref().map(|c| c.as_fd()));
         watched.extend(self.successor_link.as_ref().map(|c| c.as_fd()));
         let mut fds: Vec<PollFd<'_>> = watched
             .iter()
@@ -157,7 +154,7 @@ impl Worker {
                     client_uid = connection.peer_uid,
                     "reload requested"
                 );
-                self.start_upgrade(Requester::Client(connection));
+                self.start_upgrade(Requester::Client(Caller::Client(connection)));
             }
             Ok(Request::Reload) => connection.deny_reload(),
             Err(text) => {
@@ -169,85 +166,121 @@ impl Worker {
     fn status_text(&self) -> String {
         let g = self.shared.generation;
         let pid = std::process::id();
-        let what = match (&self.upgrade, self.shared.drain.notice()) {
+        let what = match (self.reload.in_progress(), self.shared.drain.notice()) {
             (_, Some(n)) => match n.reason {
                 DrainReason::HandedOver { successor } => {
                     format!("draining; handed over to pid {successor}")
                 }
                 DrainReason::Stopping => "draining; stopping".into(),
             },
-            (Some(u), None) => format!(
-                "serving; reloading (generation {} starting, pid {})",
-                g + 1,
-                u.pid
+            (Some((next, successor)), None) => format!(
+                "serving; reloading (generation {next} starting, pid {})",
+                successor.map_or("unknown".into(), |p| p.to_string())
             ),
-            (None, None) => "serving".into(),
+            (None, None) => match &self.last_reload {
+                Some(outcome) => format!("serving; {outcome}"),
+                None => "serving".into(),
+            },
         };
         let older = self.lock().older.status_suffix();
         format!("generation {g}, pid {pid}: {what}{older}")
     }
 
-    fn refusal(&self) -> Option<(Refusal, String)> {
-        if self.stopping {
-            return Some((Refusal::Stopping, "the unit is stopping".into()));
+    fn start_upgrade(&mut self, requester: Requester<Caller>) {
+        let facts = Facts {
+            ready: self.lock().ready,
+            // Until ready() a new generation is not the main process; it
+            // refuses as still starting.
+            main: true,
+            unsupported: None,
+        };
+        self.drive(Event::Request(requester, facts));
+    }
+
+    /// Hands `event` to the reload state machine and carries out what it
+    /// says, feeding the outcomes back.
+    fn drive(&mut self, event: Event<Caller>) {
+        let mut queue: VecDeque<Action<Caller>> = self.reload.handle(event, Instant::now()).into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(event) = self.carry_out(action) {
+                // What follows from it comes before the rest.
+                for action in self.reload.handle(event, Instant::now()).into_iter().rev() {
+                    queue.push_front(action);
+                }
+            }
         }
-        if let Some(n) = self.shared.drain.notice() {
-            return Some((
-                Refusal::Unsupported,
-                format!(
-                    "this process has handed over ({:?}); ask the main process",
-                    n.reason
-                ),
-            ));
-        }
-        if let Some(u) = &self.upgrade {
-            return Some((
-                Refusal::Busy,
-                busy_text(self.shared.generation + 1, u.started.elapsed()),
-            ));
-        }
-        if !self.lock().ready {
-            return Some((Refusal::Busy, still_starting_text(self.shared.generation)));
+    }
+
+    fn carry_out(&mut self, action: Action<Caller>) -> Option<Event<Caller>> {
+        match action {
+            Action::MakeRoom => {
+                let mut older = std::mem::take(&mut self.lock().older);
+                let room = older.make_room(self.shared.bound, self.shared.generation);
+                self.lock().older = older;
+                return Some(Event::Room(room));
+            }
+            Action::NotifyReloading => {
+                let _ = self.shared.notifier.notify(&[Notification::Reloading]);
+            }
+            Action::NotifyReady => {
+                self.take_outcome();
+                let status = self.status_text();
+                let _ = self
+                    .shared
+                    .notifier
+                    .notify(&[Notification::Ready, Notification::Status(&status)]);
+            }
+            Action::UpdateStatus => {
+                self.take_outcome();
+                self.set_status();
+            }
+            Action::Spawn => {
+                return Some(Event::Spawned(match self.spawn_successor() {
+                    Ok((channel, pid)) => {
+                        self.channel = Some(channel);
+                        Ok(Some(pid))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }));
+            }
+            Action::MakeMain { pid } => {
+                return Some(
+                    match make_main_process(&self.shared.notifier, pid, BARRIER_TIMEOUT) {
+                        Ok(()) => Event::MainPidSent,
+                        Err(reason) => Event::MainPidRefused(reason),
+                    },
+                );
+            }
+            Action::SendMain { took } => {
+                let channel = self.channel.as_ref()?;
+                if let Err(e) = channel.send(&Message::Main(took.as_millis() as u64)) {
+                    return Some(Event::Broken(format!(
+                        "telling the new generation it is the main process: {e}"
+                    )));
+                }
+            }
+            Action::Abandon { pid } => {
+                self.channel = None;
+                // A library program does not watch the channel before it
+                // calls ready().
+                if let Some(pid) = pid {
+                    kill(pid);
+                }
+            }
+            Action::Answer(caller, answer) => answer_caller(caller, answer),
+            Action::BeginDrain { successor } => {
+                self.successor_link = self.channel.take();
+                // The new main process keeps track of the older generations now.
+                drop(std::mem::take(&mut self.lock().older));
+                self.begin_drain(successor);
+            }
         }
         None
     }
 
-    fn start_upgrade(&mut self, requester: Requester) {
-        if let Some((kind, text)) = self.refusal() {
-            warn!("reload refused: {text}");
-            return answer_refusal(&self.shared, requester, kind, text);
-        }
-        let mut older = std::mem::take(&mut self.lock().older);
-        let room = older.make_room(self.shared.bound, self.shared.generation);
-        self.lock().older = older;
-        if let Err(text) = room {
-            warn!("reload refused: {text}");
-            return answer_refusal(&self.shared, requester, Refusal::Busy, text);
-        }
-        if matches!(requester, Requester::Signal) {
-            let _ = self.shared.notifier.notify(&[Notification::Reloading]);
-        }
-        let started = Instant::now();
-        match self.spawn_successor() {
-            Ok((channel, pid)) => {
-                info!(pid, "starting generation {}", self.shared.generation + 1);
-                self.upgrade = Some(Upgrade {
-                    channel,
-                    requester,
-                    pid,
-                    started,
-                    deadline: started + self.shared.options.ready_timeout + MARGIN,
-                    main_sent: false,
-                });
-                self.set_status();
-            }
-            Err(e) => {
-                let reason = format!(
-                    "could not start generation {}: {e}",
-                    self.shared.generation + 1
-                );
-                self.finish_failed(requester, started, reason);
-            }
+    fn take_outcome(&mut self) {
+        if let Some(outcome) = self.reload.take_outcome() {
+            self.last_reload = Some(outcome);
         }
     }
 
@@ -293,96 +326,10 @@ impl Worker {
     }
 
     fn on_successor(&mut self) {
-        loop {
-            let Some(u) = &self.upgrade else { return };
-            let message = match u.channel.recv() {
-                Ok(None) => return,
-                Ok(Some(message)) => message,
-                Err(e) => return self.fail(format!("the hand-over channel failed: {e}")),
-            };
-            match message {
-                Some(Message::Hello(_)) | Some(Message::Main(_)) | Some(Message::End) => {}
-                Some(Message::Ready) => self.on_successor_ready(),
-                Some(Message::Failed(reason)) => return self.fail(reason),
-                Some(Message::Done) => return self.complete(),
-                None if u.main_sent => {
-                    // It became the main process and went away before
-                    // saying READY=1: the manager now handles its exit.
-                    let reason = format!(
-                        "generation {} (pid {}) exited right after becoming the main process",
-                        self.shared.generation + 1,
-                        u.pid
-                    );
-                    let u = self.upgrade.take().expect("checked above");
-                    warn!("{reason}");
-                    answer_failure(&self.shared, u.requester, reason);
-                    self.begin_drain(u.pid);
-                    return;
-                }
-                None => {
-                    let pid = u.pid;
-                    return self.fail(format!(
-                        "generation {} (pid {pid}) exited before it was ready",
-                        self.shared.generation + 1
-                    ));
-                }
-            }
+        let Some(channel) = &self.channel else { return };
+        for event in successor_events(channel) {
+            self.drive(event);
         }
-    }
-
-    fn on_successor_ready(&mut self) {
-        let Some(u) = &self.upgrade else { return };
-        let pid = u.pid;
-        if let Err(reason) = make_main_process(&self.shared.notifier, pid, BARRIER_TIMEOUT) {
-            return self.fail(reason);
-        }
-        let Some(u) = &mut self.upgrade else { return };
-        let took = u.started.elapsed().as_millis() as u64;
-        if let Err(e) = u.channel.send(&Message::Main(took)) {
-            return self.fail(format!(
-                "telling the new generation it is the main process: {e}"
-            ));
-        }
-        u.main_sent = true;
-        u.deadline = Instant::now() + MAIN_DONE_TIMEOUT;
-        info!(
-            pid,
-            "generation {} is the main process now",
-            self.shared.generation + 1
-        );
-    }
-
-    fn complete(&mut self) {
-        let Some(u) = self.upgrade.take() else { return };
-        let took = u.started.elapsed();
-        let text = format!(
-            "generation {} (pid {}) is serving; the hand-over took {} ms",
-            self.shared.generation + 1,
-            u.pid,
-            took.as_millis()
-        );
-        info!(
-            ?took,
-            "{text}; draining generation {}", self.shared.generation
-        );
-        match u.requester {
-            Requester::Client(connection) => {
-                let _ = connection.reply(&Reply::Ok(text));
-            }
-            Requester::Call(reply) => {
-                let _ = reply.send(Ok(Upgraded {
-                    pid: u.pid,
-                    generation: self.shared.generation + 1,
-                    took,
-                }));
-            }
-            // The new main process says READY=1, which ends the reload.
-            Requester::Signal => {}
-        }
-        self.successor_link = Some(u.channel);
-        // The new main process keeps track of the older generations now.
-        drop(std::mem::take(&mut self.lock().older));
-        self.begin_drain(u.pid);
     }
 
     /// A newer generation wrote on the channel to this drained one.
@@ -426,46 +373,15 @@ impl Worker {
         );
     }
 
-    /// Ends the upgrade in progress as failed: the new generation is killed,
-    /// this one keeps serving.
-    fn fail(&mut self, reason: String) {
-        let Some(u) = self.upgrade.take() else { return };
-        kill(u.pid);
-        self.finish_failed(u.requester, u.started, reason);
-    }
-
-    fn finish_failed(&mut self, requester: Requester, started: Instant, reason: String) {
-        warn!(
-            "reload failed after {} ms: {reason}; generation {} keeps serving",
-            started.elapsed().as_millis(),
-            self.shared.generation
-        );
-        let status = format!("{}; reload failed: {reason}", self.status_text());
-        let _ = self
-            .shared
-            .notifier
-            .notify(&[Notification::Status(&status)]);
-        answer_failure(&self.shared, requester, reason);
-    }
-
     fn stop(&mut self, signal: Signal) {
-        if self.stopping {
+        if self.reload.stopping() {
             return;
         }
         info!(
             "{signal} received: draining generation {}",
             self.shared.generation
         );
-        self.stopping = true;
-        if let Some(u) = self.upgrade.take() {
-            kill(u.pid);
-            answer_refusal(
-                &self.shared,
-                u.requester,
-                Refusal::Stopping,
-                "the unit is stopping".into(),
-            );
-        }
+        self.drive(Event::Stop);
         if self.shared.drain.notice().is_none() {
             let _ = self.shared.notifier.notify(&[Notification::Stopping]);
         }
@@ -476,39 +392,7 @@ impl Worker {
 
     fn check_deadlines(&mut self) {
         let now = Instant::now();
-        if self
-            .upgrade
-            .as_ref()
-            .is_some_and(|u| u.main_sent && now >= u.deadline)
-        {
-            // The manager follows the new process already: killing it would
-            // end the unit, staying on would make two main processes. The
-            // reload is reported as failed, and this generation drains.
-            let u = self.upgrade.take().expect("checked above");
-            let reason = format!(
-                "generation {} (pid {}) was made the main process but did not confirm the hand-over within {MAIN_DONE_TIMEOUT:?}; the service manager follows pid {} now, so generation {} drains",
-                self.shared.generation + 1,
-                u.pid,
-                u.pid,
-                self.shared.generation
-            );
-            warn!("{reason}");
-            answer_failure(&self.shared, u.requester, reason);
-            self.successor_link = Some(u.channel);
-            drop(std::mem::take(&mut self.lock().older));
-            self.begin_drain(u.pid);
-        }
-        if let Some(u) = &self.upgrade {
-            if now >= u.deadline {
-                let reason = format!(
-                    "generation {} (pid {}) was not ready within {:?}",
-                    self.shared.generation + 1,
-                    u.pid,
-                    self.shared.options.ready_timeout
-                );
-                self.fail(reason);
-            }
-        }
+        self.drive(Event::Tick);
         if let Some(notice) = self.shared.drain.notice() {
             if now >= notice.deadline {
                 warn!(
@@ -539,37 +423,33 @@ fn kill(pid: u32) {
     }
 }
 
-fn answer_refusal(shared: &Shared, requester: Requester, kind: Refusal, text: String) {
-    match requester {
-        Requester::Client(connection) => {
-            let _ = connection.reply(&Reply::Err(kind, text));
+fn answer_caller(caller: Caller, answer: Answer) {
+    match caller {
+        Caller::Client(connection) => {
+            let _ = connection.reply(&answer.reply());
         }
-        Requester::Call(reply) => {
-            let kind = match kind {
-                Refusal::Stopping | Refusal::Unsupported => UpgradeErrorKind::Stopping,
-                Refusal::Failed => UpgradeErrorKind::Failed,
-                _ => UpgradeErrorKind::Busy,
+        Caller::Call(reply) => {
+            let result = match answer {
+                Answer::Done {
+                    pid,
+                    generation,
+                    took,
+                    ..
+                } => Ok(Upgraded {
+                    pid,
+                    generation,
+                    took,
+                }),
+                Answer::Refused(kind, text) => {
+                    let kind = match kind {
+                        Refusal::Stopping | Refusal::Unsupported => UpgradeErrorKind::Stopping,
+                        Refusal::Failed => UpgradeErrorKind::Failed,
+                        _ => UpgradeErrorKind::Busy,
+                    };
+                    Err(UpgradeError::new(kind, text))
+                }
             };
-            let _ = reply.send(Err(UpgradeError::new(kind, text)));
-        }
-        Requester::Signal => {
-            // Type=notify-reload waits for RELOADING=1 and READY=1.
-            let _ = shared.notifier.notify(&[Notification::Reloading]);
-            let _ = shared.notifier.notify(&[Notification::Ready]);
-        }
-    }
-}
-
-fn answer_failure(shared: &Shared, requester: Requester, reason: String) {
-    match requester {
-        Requester::Client(connection) => {
-            let _ = connection.reply(&Reply::Err(Refusal::Failed, reason));
-        }
-        Requester::Call(reply) => {
-            let _ = reply.send(Err(UpgradeError::new(UpgradeErrorKind::Failed, reason)));
-        }
-        Requester::Signal => {
-            let _ = shared.notifier.notify(&[Notification::Ready]);
+            let _ = reply.send(result);
         }
     }
 }
