@@ -311,7 +311,7 @@ fn fd_store_too_small(sd: &Systemd) {
         let out = sd.systemctl(&["start", "app.service"]);
         assert!(!out.status.success());
         sd.wait_for_journal(
-                "FileDescriptorStoreMax=1 is too small: the 2 listener(s) fdstore-exec creates (web, admin)",
+                "FileDescriptorStoreMax=1 is too small: the 2 listener(s) created from specs (web, admin)",
             );
         assert_eq!(sd.show("app.service", "ExecMainStatus"), "78");
         assert!(app.starts().is_empty(), "the program must not start");
