@@ -34,14 +34,18 @@ def say(text):
     with open(report, 'a') as f:
         f.write(text + '\n')
 def names_of(pid):
+    # The token names (another test's squatter may hold the legacy one);
+    # the legacy name only without them (fdstore before the token).
     legacy, prefix = '@fdstore/control/%d' % pid, '@fdstore/control/%d/' % pid
-    found = []
+    tokens, old = [], []
     with open('/proc/net/unix') as f:
         for line in f:
             fields = line.split()
-            if len(fields) >= 8 and (fields[7] == legacy or fields[7].startswith(prefix)):
-                found.append(fields[7][1:])
-    return found
+            if len(fields) >= 8 and fields[7].startswith(prefix):
+                tokens.append(fields[7][1:])
+            elif len(fields) >= 8 and fields[7] == legacy:
+                old.append(fields[7][1:])
+    return tokens or old
 def connect(name):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.setblocking(False)
@@ -60,13 +64,17 @@ if mode == 'squat':
     listeners = {}
     if True:
         for name in names:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            except OSError as e:
+                say('cannot create more sockets: %s' % e)
+                break
             try:
                 s.bind('\0' + name)
+                s.listen(4)
             except OSError:
                 s.close()
                 continue
-            s.listen(4)
             s.setblocking(False)
             listeners[s.fileno()] = s
     poller = select.poll()
@@ -207,7 +215,7 @@ fn squat_all(attacker: &Attacker, pids: &[u32]) -> [Running; 2] {
         attacker.spawn(true, &["squat", &listed, "300"]),
         attacker.spawn(true, &["squat", "", "301"]),
     ];
-    wait_for("both squatters to listen", Duration::from_secs(60), || {
+    wait_for("both squatters to listen", Duration::from_secs(180), || {
         (report_lines(&attacker.report, "squatting ").len() == 2).then_some(())
     });
     squatters
@@ -415,11 +423,14 @@ fn a_connection_flood_does_not_starve_a_library_service(sd: &Systemd) {
     );
     sd.ok(&["reload", "app.service"]);
     assert_ne!(main_pid(sd), main);
-    let body = get(port);
-    assert!(
-        body.as_ref().is_ok_and(|b| b.contains("generation 2)")),
-        "{body:?}"
-    );
+    // A connection the old generation accepted before its drain notice may
+    // still get its answer.
+    wait_for("generation 2 to answer", Duration::from_secs(20), || {
+        get(port)
+            .ok()
+            .filter(|b| b.contains("generation 2)"))
+            .map(|_| ())
+    });
 }
 
 /// Point 12: a process outside the unit (this test) floods the program's
@@ -491,12 +502,15 @@ fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit(sd: &Systemd) {
         let state = sd.show("app.service", "ActiveState");
         let result = sd.show("app.service", "Result");
         if state != "inactive" || result != "success" {
-            failed.push(format!("round {round}: {state}, result {result}"));
+            failed.push(format!(
+                "round {round}: {state}, result {result}\n{}",
+                sd.journal_tail(50)
+            ));
             sd.ok(&["reset-failed", "app.service"]);
         }
         sd.ok(&["start", "app.service"]);
     }
-    assert!(failed.is_empty(), "{failed:?}\n{}", sd.journal_tail(60));
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 #[test]

@@ -886,10 +886,18 @@ impl<'c> Supervisor<'c> {
                     g.number,
                     g.pid()
                 );
-                error!("{message}");
                 if let Some(channel) = &self.predecessor {
                     let _ = channel.send(&Message::Failed(message.clone()));
                 }
+                if self.stopping {
+                    // A stop signal reaches a new generation when the
+                    // manager already follows it (MAINPID= was accepted
+                    // just before the stop): it is then the unit's main
+                    // process, and its program's exit after the stop
+                    // signal is the unit's clean stop, not a failure.
+                    return Ok(Some(self.finish(status)));
+                }
+                error!("{message}");
                 Err(fail(sysexits::UNAVAILABLE, message))
             }
             Role::Main => {
