@@ -665,7 +665,10 @@ fn a_library_generation_that_stalls_after_becoming_main_is_not_killed(sd: &Syste
             p != first
                 && std::fs::read_link(format!("/proc/{p}/exe"))
                     .is_ok_and(|e| e.ends_with("upgrade_std"))
-                && !channel_inodes(p).is_empty()
+                // Not the intermediate process (a fork of the old one).
+                && support::proc_status(p, "PPid:").and_then(|v| v.parse::<i32>().ok())
+                    == Some(sd.manager_pid())
+                && channel_inodes(p).len() == 1
         })
     });
     let tracer = stall_channel_reads(successor);
