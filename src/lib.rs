@@ -22,7 +22,6 @@
 //!   one call (see `examples/axum.rs`).
 //! - [`reload()`] and [`client`]: the `fdstore-exec reload` client in the
 //!   library, so that a service is its own `ExecReload=` command.
-//! - [`exec`]: the supervisor behind the `fdstore-exec` command.
 //!
 //! ```no_run
 //! use fdstore::{FdPoll, ListenFds, ListenerSpec, Notifier, Notification, UnsetEnv};
@@ -51,6 +50,9 @@
 mod bind;
 pub mod client;
 mod duration;
+// The supervisor behind the `fdstore-exec` command: public for the binary and
+// the integration tests only, not part of the library's API.
+#[doc(hidden)]
 pub mod exec;
 mod kind;
 mod listen;

@@ -16,7 +16,7 @@
 #[path = "../src/bin/fdstore-exec/cli.rs"]
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -420,4 +420,59 @@ fn bash_completion_offers_subcommands_options_and_modes() {
         bash_complete(&["fdstore-exec", "status", "--u"]),
         ["--unit", "--user"]
     );
+}
+
+/// A library user compiles none of fdstore-exec's command line and logging:
+/// `cargo tree` of a crate that depends on fdstore with its default
+/// features lists no clap, tracing-subscriber or tracing-journald (they come
+/// with the `cli` feature, which the fdstore-exec binary requires).
+#[test]
+fn a_library_user_compiles_no_command_line_parser_or_log_subscriber() {
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("fdstore-library-user-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"library-user\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\nfdstore = {{ path = {manifest_dir:?} }}\n\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "pub use fdstore::Notifier;\n").unwrap();
+    // The project's own lock file: the same versions, nothing to fetch.
+    std::fs::copy(
+        Path::new(manifest_dir).join("Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--edges",
+            "normal,build",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("fdstore v"), "{tree}");
+    for cli_only in ["clap", "tracing-subscriber", "tracing-journald"] {
+        assert!(
+            !tree
+                .lines()
+                .any(|l| l.starts_with(&format!("{cli_only} v"))),
+            "a library user compiles {cli_only}:\n{tree}"
+        );
+    }
 }
