@@ -161,6 +161,26 @@ impl AsFd for Channel {
     }
 }
 
+/// Reads what newer generations sent on `link`, the channel a drained
+/// generation keeps to the one it handed over to: whether one said
+/// [`Message::End`] (a newer generation needs room within the bound on
+/// generations: this one must end now). Once every newer generation is gone
+/// (end of file, or the channel failed) nobody can ask any more: `link`
+/// becomes `None`. One rule for fdstore-exec and the library.
+pub(crate) fn told_to_end(link: &mut Option<Channel>) -> bool {
+    loop {
+        let Some(channel) = link else { return false };
+        match channel.recv() {
+            Ok(None) => return false,
+            Ok(Some(Some(Message::End))) => return true,
+            Ok(Some(Some(other))) => {
+                tracing::debug!(?other, "unexpected message from a newer generation")
+            }
+            Ok(Some(None)) | Err(_) => *link = None,
+        }
+    }
+}
+
 /// What a new generation learns from [`HANDOVER_ENV`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inheritance {
@@ -427,6 +447,20 @@ mod tests {
             let e = Inheritance::parse(bad).unwrap_err();
             assert!(e.contains("do not set it"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_drained_generation_hears_end_and_forgets_a_closed_link() {
+        let (old, newer) = Channel::pair().unwrap();
+        let mut link = Some(old);
+        assert!(!told_to_end(&mut link));
+        newer.send(&Message::Done).unwrap();
+        newer.send(&Message::End).unwrap();
+        assert!(told_to_end(&mut link));
+        assert!(link.is_some());
+        drop(newer);
+        assert!(!told_to_end(&mut link));
+        assert!(link.is_none());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, SignalRole
 use super::control::{cgroup_of, ControlConnection, ControlEndpoint, Reply, Request};
 use super::generations::OlderGenerations;
 use super::handover::{
-    make_main_process, spawn_successor, Channel, Inheritance, Message, HANDOVER_ENV,
+    make_main_process, spawn_successor, told_to_end, Channel, Inheritance, Message, HANDOVER_ENV,
 };
 use super::listeners::{all_specs, gather, store, ListenerSet};
 use super::log_limit::{LogLimit, Verdict};
@@ -551,31 +551,19 @@ impl<'c> Supervisor<'c> {
 
     /// A newer generation wrote on the channel to this draining one.
     fn on_successor_link(&mut self) {
-        loop {
-            let Some(link) = &self.successor_link else {
-                return;
-            };
-            match link.recv() {
-                Ok(None) => return,
-                Ok(Some(Some(Message::End))) => {
-                    if let Role::Draining { killed: false, .. } = self.role {
-                        warn!(
-                            pid = self.generation.pid(),
-                            "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; killing it",
-                            self.generation.number,
-                            self.generation_drained_for().as_millis(),
-                            self.config.generations.max()
-                        );
-                        self.ended_early = true;
-                        self.kill_draining();
-                    }
-                }
-                Ok(Some(Some(other))) => {
-                    debug!(?other, "unexpected message from a newer generation")
-                }
-                // Every newer generation is gone: nobody can ask any more.
-                Ok(Some(None)) | Err(_) => self.successor_link = None,
-            }
+        if !told_to_end(&mut self.successor_link) {
+            return;
+        }
+        if let Role::Draining { killed: false, .. } = self.role {
+            warn!(
+                pid = self.generation.pid(),
+                "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; killing it",
+                self.generation.number,
+                self.generation_drained_for().as_millis(),
+                self.config.generations.max()
+            );
+            self.ended_early = true;
+            self.kill_draining();
         }
     }
 

@@ -19,7 +19,9 @@ use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
 use crate::exec::control::{
     cgroup_of, ControlConnection, ControlEndpoint, Refusal, Reply, Request,
 };
-use crate::exec::handover::{make_main_process, Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::exec::handover::{
+    make_main_process, told_to_end, Channel, Inheritance, Message, HANDOVER_ENV,
+};
 use crate::notify::Notification;
 use crate::reload::{
     successor_events, Action, Answer, Event, Facts, Reload, Requester, BARRIER_TIMEOUT,
@@ -334,32 +336,22 @@ impl Worker {
 
     /// A newer generation wrote on the channel to this drained one.
     fn on_successor_link(&mut self) {
-        loop {
-            let Some(link) = &self.successor_link else {
-                return;
-            };
-            match link.recv() {
-                Ok(None) => return,
-                Ok(Some(Some(Message::End))) => {
-                    let drained = self.shared.drain.notice().map_or(Duration::ZERO, |n| {
-                        self.shared
-                            .options
-                            .drain_timeout
-                            .saturating_sub(n.remaining())
-                    });
-                    warn!(
-                        "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; exiting",
-                        self.shared.generation,
-                        drained.as_millis(),
-                        self.shared.bound.max()
-                    );
-                    std::process::exit(1);
-                }
-                Ok(Some(Some(_))) => {}
-                // Every newer generation is gone: nobody can ask any more.
-                Ok(Some(None)) | Err(_) => self.successor_link = None,
-            }
+        if !told_to_end(&mut self.successor_link) {
+            return;
         }
+        let drained = self.shared.drain.notice().map_or(Duration::ZERO, |n| {
+            self.shared
+                .options
+                .drain_timeout
+                .saturating_sub(n.remaining())
+        });
+        warn!(
+            "generation {} ends early, {} ms into its drain: a newer generation needs room within max-generations {}; exiting",
+            self.shared.generation,
+            drained.as_millis(),
+            self.shared.bound.max()
+        );
+        std::process::exit(1);
     }
 
     fn begin_drain(&mut self, successor: u32) {
