@@ -140,19 +140,20 @@ fn main() {
         );
         outcomes.push(outcome);
     }
-    // The cost of listeners: the same unit with the HTTP listener alone and
-    // with 1,000 more, no load.
-    let (one, many) = if "1,000 listeners".contains(&only) {
-        println!("== 1 and 1,000 listeners ...");
-        (listener_reloads(&paths, 0), listener_reloads(&paths, 1000))
-    } else {
-        (ListenerRun::default(), ListenerRun::default())
-    };
-
+    // The tables first: the listener scenarios below take a while.
     println!();
     print_table(&outcomes);
     println!();
-    print_extras(&outcomes, &one, &many);
+    print_extras(&outcomes);
+
+    // The cost of listeners: the same unit with the HTTP listener alone and
+    // with 1,000 more, no load.
+    if "1,000 listeners".contains(&only) {
+        println!("\n== 1 and 1,000 listeners ...");
+        let one = listener_reloads(&paths, 0);
+        let many = listener_reloads(&paths, 1000);
+        print_listeners(&one, &many);
+    }
 
     let handover_clean = outcomes
         .iter()
@@ -662,7 +663,7 @@ fn listener_reloads(paths: &Paths, extra: usize) -> ListenerRun {
     std::fs::write(&list, text).expect("writing the listener file");
     let unit = format!(
         "[Service]\nType=notify\nKillMode=mixed\nTimeoutStartSec=60\nFileDescriptorStoreMax=1100\n\
-         ExecStart={fe} --listen http=tcp:127.0.0.1:{port} --listen-file {list} --drain-timeout 10s -- {server} --config {config}\n\
+         ExecStart={fe} --ready notify+unproven --listen http=tcp:127.0.0.1:{port} --listen-file {list} --drain-timeout 10s -- {server} --config {config}\n\
          ExecReload={fe} reload\n",
         fe = paths.fdstore_exec.display(),
         server = paths.server.display(),
@@ -741,7 +742,7 @@ fn print_table(outcomes: &[Outcome]) {
     }
 }
 
-fn print_extras(outcomes: &[Outcome], one: &ListenerRun, many: &ListenerRun) {
+fn print_extras(outcomes: &[Outcome]) {
     // What `systemctl reload` costs with a no-op ExecReload=: systemctl, the
     // manager's job and one process start. Every reload pays it.
     let systemd_alone = outcomes
@@ -788,10 +789,9 @@ fn print_extras(outcomes: &[Outcome], one: &ListenerRun, many: &ListenerRun) {
             o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
         );
     }
-    if one.round_trips.is_empty() || many.round_trips.is_empty() {
-        return;
-    }
-    println!();
+}
+
+fn print_listeners(one: &ListenerRun, many: &ListenerRun) {
     println!(
         "listeners handed over, {LISTENER_RELOADS} reloads each, no load (p50 ms): the HTTP listener alone / with 1,000 more / the difference"
     );
