@@ -380,10 +380,7 @@ pub fn manager_takes_pidfds() -> bool {
 
 /// The parent pid of `pid`, from `/proc/PID/stat`.
 pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain them.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split(' ').nth(1)?.parse().ok()
+    crate::sys::proc::stat(pid).map(|s| s.ppid)
 }
 
 #[cfg(test)]

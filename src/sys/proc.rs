@@ -1,14 +1,58 @@
-//! Processes as `/proc` shows them: a process tree, and whether a process
-//! holds a given socket.
+//! Processes as `/proc` shows them: a process's status line, a process
+//! tree, and whether a process holds a given socket. The one reader of
+//! `/proc/PID/stat` (process groups, parents).
 //!
 //! See [`proc(5)`](https://man7.org/linux/man-pages/man5/proc.5.html)
-//! (`/proc/PID/task/TID/children`, `/proc/PID/fd`).
+//! (`/proc/PID/stat`, `/proc/PID/task/TID/children`, `/proc/PID/fd`).
 
 use std::io;
 
 /// At most this many processes are looked at in one tree, so that a fork
 /// bomb cannot make a walk unbounded.
 pub(crate) const MAX_TREE: usize = 4096;
+
+/// The fields of `/proc/PID/stat` fdstore uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stat {
+    /// The command name (at most 15 bytes).
+    pub(crate) command: String,
+    /// The state letter (`R`, `S`, `Z`, ...).
+    pub(crate) state: char,
+    /// The parent's pid.
+    pub(crate) ppid: u32,
+    /// The process group.
+    pub(crate) pgrp: u32,
+}
+
+impl Stat {
+    /// Parses a `/proc/PID/stat` line. The command name is in parentheses
+    /// and may itself contain them.
+    pub(crate) fn parse(line: &str) -> Option<Stat> {
+        let open = line.find('(')?;
+        let close = line.rfind(')')?;
+        let command = line.get(open + 1..close)?.to_owned();
+        let mut fields = line.get(close + 1..)?.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        Some(Stat {
+            command,
+            state,
+            ppid,
+            pgrp,
+        })
+    }
+
+    /// Whether the process is gone but not reaped (zombie) or dead.
+    pub(crate) fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// The status of process `pid`, if it exists.
+pub(crate) fn stat(pid: u32) -> Option<Stat> {
+    Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
 
 /// The direct children of `pid` (of all its threads).
 pub(crate) fn children(pid: u32) -> Vec<u32> {
@@ -68,6 +112,21 @@ pub(crate) fn holds_socket(pid: u32, inode: u64) -> io::Result<bool> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        let s = Stat::parse("42 (a) b)) S 1 42 42 0 -1").unwrap();
+        assert_eq!(
+            (s.command.as_str(), s.state, s.ppid, s.pgrp),
+            ("a) b)", 'S', 1, 42)
+        );
+        let z = Stat::parse("7 (x) Z 1 9 9").unwrap();
+        assert!(z.is_dead() && !s.is_dead());
+        assert_eq!(Stat::parse("garbage"), None);
+        assert_eq!(Stat::parse("7 (x) S one 9"), None);
+        let me = stat(std::process::id()).unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+    }
 
     #[test]
     fn a_tree_holds_children_and_grandchildren() {

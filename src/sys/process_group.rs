@@ -5,7 +5,7 @@
 //! See [`setpgid(2)`](https://man7.org/linux/man-pages/man2/setpgid.2.html),
 //! [`kill(2)`](https://man7.org/linux/man-pages/man2/kill.2.html) and
 //! [`proc(5)`](https://man7.org/linux/man-pages/man5/proc.5.html)
-//! (`/proc/PID/stat`).
+//! (`/proc/PID/stat`, read by [`super::proc::stat`]).
 
 use std::io;
 
@@ -43,14 +43,11 @@ pub(crate) fn members(pgid: u32) -> Vec<Member> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        match parse_stat(&stat) {
-            Some((command, state, group)) if group == pgid && state != 'Z' && state != 'X' => {
+        match super::proc::stat(pid) {
+            Some(stat) if stat.pgrp == pgid && !stat.is_dead() => {
                 out.push(Member {
                     pid,
-                    command: command.to_owned(),
+                    command: stat.command,
                 });
                 if out.len() >= MAX_LISTED {
                     break;
@@ -60,19 +57,6 @@ pub(crate) fn members(pgid: u32) -> Vec<Member> {
         }
     }
     out
-}
-
-/// From `/proc/PID/stat`: the command name, the state and the process
-/// group. The name is in parentheses and may itself contain them.
-fn parse_stat(stat: &str) -> Option<(&str, char, u32)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let command = stat.get(open + 1..close)?;
-    let mut fields = stat.get(close + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((command, state, pgrp))
 }
 
 /// Sends SIGKILL to every process in group `pgid` (`kill(-pgid, SIGKILL)`).
@@ -94,16 +78,6 @@ pub(crate) fn kill(pgid: u32) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
-
-    #[test]
-    fn stat_lines_parse_with_odd_command_names() {
-        assert_eq!(
-            parse_stat("42 (a) b)) S 1 42 42 0 -1"),
-            Some(("a) b)", 'S', 42))
-        );
-        assert_eq!(parse_stat("7 (x) Z 1 9 9"), Some(("x", 'Z', 9)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 
     #[test]
     fn an_orphaned_grandchild_stays_a_member_until_the_group_is_killed() {
