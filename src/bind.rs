@@ -174,19 +174,19 @@ impl ListenerSpec {
 
     fn fail(&self, action: &str, source: io::Error) -> BindError {
         let hint = match source.raw_os_error() {
-            Some(98) => Some(
+            Some(libc::EADDRINUSE) => Some(
                 "another socket is bound there: stop the other process, or let systemd pass the socket (a .socket unit or the fd store)"
                     .to_owned(),
             ),
-            Some(13) => Some(
+            Some(libc::EACCES) => Some(
                 "permission denied: ports below 1024 need CAP_NET_BIND_SERVICE (AmbientCapabilities=CAP_NET_BIND_SERVICE); a path needs a writable directory"
                     .to_owned(),
             ),
-            Some(99) => Some(
+            Some(libc::EADDRNOTAVAIL) => Some(
                 "the address is not configured on this host: add it, or use the freebind option"
                     .to_owned(),
             ),
-            Some(2) => Some("the directory does not exist: create it (RuntimeDirectory=)".to_owned()),
+            Some(libc::ENOENT) => Some("the directory does not exist: create it (RuntimeDirectory=)".to_owned()),
             _ => None,
         };
         BindError {

@@ -21,7 +21,7 @@ use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 /// See [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html).
 pub(crate) unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
-        return Err(io::Error::from_raw_os_error(libc_ebadf()));
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     // SAFETY: the borrow lives only for the two `fcntl` calls below, which
     // merely read and set descriptor flags; if `raw` is not open the kernel
@@ -51,10 +51,6 @@ pub(crate) fn set_cloexec(fd: impl std::os::fd::AsFd, cloexec: bool) -> io::Resu
     Ok(())
 }
 
-const fn libc_ebadf() -> i32 {
-    9 // EBADF on every Linux architecture
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +63,7 @@ mod tests {
         let raw = 900_000;
         // SAFETY: nothing in this process owns descriptor 900000.
         let err = unsafe { take_inherited(raw) }.unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc_ebadf()));
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     }
 
     #[test]
