@@ -45,6 +45,8 @@
 //! ```
 
 #![deny(missing_docs)]
+// `unsafe` lives in src/sys/ only (allowed there), wrapped in safe functions.
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bind;
@@ -61,6 +63,7 @@ mod notify;
 mod reload;
 mod signal;
 mod spec;
+#[allow(unsafe_code)]
 mod sys;
 mod upgrade;
 

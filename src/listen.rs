@@ -281,10 +281,8 @@ impl ListenFds {
         }
         let mut fds = Vec::with_capacity(names.len());
         for (fd, name) in (LISTEN_FDS_START..).zip(names) {
-            // SAFETY: the LISTEN_FDS protocol hands these numbers to this
-            // process, and the TAKEN guard makes this the only place in the
-            // process that takes ownership of them.
-            match unsafe { crate::sys::fd::take_inherited(fd) } {
+            // The LISTEN_FDS protocol hands these numbers to this process.
+            match crate::sys::fd::take_inherited_once(fd) {
                 Ok(owned) => fds.push(NamedFd::new(name, owned)),
                 Err(source) => return Err(ListenError::NotOpen { fd, name, source }),
             }

@@ -213,10 +213,9 @@ impl OlderGenerations {
         let mut list = Vec::with_capacity(inheritance.older.len());
         for (i, &generation) in inheritance.older.iter().enumerate() {
             let raw = inheritance.fd + 1 + i as i32;
-            // SAFETY: the previous generation placed these channels right
-            // after the hand-over channel on purpose, one per generation
-            // listed; nothing else in this process has taken them.
-            let fd = unsafe { crate::sys::fd::take_inherited(raw) }
+            // The previous generation placed these channels right after the
+            // hand-over channel on purpose, one per generation listed.
+            let fd = crate::sys::fd::take_inherited_once(raw)
                 .map_err(|e| format!("the channel to generation {generation} (fd {raw}): {e}"))?;
             list.push(Older::new(generation, Channel::from_fd(fd)));
         }

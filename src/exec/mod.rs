@@ -39,3 +39,15 @@ pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
 pub use readiness::{HttpCheck, ReadyCheck, ReadyMode, COMMAND_TIMEOUT};
 pub use relay::{NotifyRelay, RelayMessage};
 pub use supervise::{run, Inherited};
+
+/// Ends this process by `signal`, as the program ended ([`Outcome::Signal`]):
+/// the default disposition back, the signal unblocked and raised; exit
+/// status 128 + the signal number should the process survive it.
+pub fn die_by(signal: nix::sys::signal::Signal) -> ! {
+    let _ = crate::sys::signals::restore_default(signal);
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(signal);
+    let _ = set.thread_unblock();
+    let _ = nix::sys::signal::raise(signal);
+    std::process::exit(128 + signal as i32);
+}

@@ -250,9 +250,8 @@ fn take_inheritance() -> Result<Option<(Inheritance, Channel, OlderGenerations)>
     std::env::remove_var(HANDOVER_ENV);
     let inheritance =
         Inheritance::parse(&value.to_string_lossy()).map_err(|e| fail(sysexits::CONFIG, e))?;
-    // SAFETY: the previous generation placed the channel at this number for
-    // us on purpose; nothing else in this process has taken it.
-    let fd = unsafe { crate::sys::fd::take_inherited(inheritance.fd) }.map_err(|e| {
+    // The previous generation placed the channel at this number for us.
+    let fd = crate::sys::fd::take_inherited_once(inheritance.fd).map_err(|e| {
         fail(
             sysexits::CONFIG,
             format!("the hand-over channel (fd {}): {e}", inheritance.fd),

@@ -19,7 +19,7 @@ use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 /// it behind the returned `OwnedFd`'s back.
 ///
 /// See [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html).
-pub(crate) unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -32,6 +32,32 @@ pub(crate) unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: `raw` is open (F_GETFD succeeded) and the caller guarantees that
     // nothing else owns it, so the new `OwnedFd` is its sole owner.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The inherited descriptor numbers taken so far in this process.
+static TAKEN: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Takes ownership of inherited descriptor `raw` (see [`take_inherited`]),
+/// once per process: a number taken before is refused (`EBADF`), also after
+/// the descriptor taken then was closed and the number reused by another
+/// descriptor. Every inherited descriptor in the crate is taken here (the
+/// `LISTEN_FDS` range, the hand-over channel and the channels after it), so
+/// nothing else in the crate can own it; the crate takes them first thing,
+/// before it opens any descriptor of its own.
+pub(crate) fn take_inherited_once(raw: RawFd) -> io::Result<OwnedFd> {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&raw) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("inherited descriptor {raw} was taken already"),
+        ));
+    }
+    // SAFETY: `raw` was never taken in this process (checked above, under
+    // the lock), and only this function takes inherited descriptors.
+    let fd = unsafe { take_inherited(raw) }?;
+    taken.insert(raw);
+    Ok(fd)
 }
 
 /// Whether the descriptor is marked close-on-exec.

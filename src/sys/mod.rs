@@ -10,6 +10,7 @@ pub(crate) mod path;
 pub(crate) mod pidfd;
 pub(crate) mod proc;
 pub(crate) mod process_group;
+pub(crate) mod signals;
 pub(crate) mod sock_diag;
 pub(crate) mod socket;
 pub(crate) mod spawn;

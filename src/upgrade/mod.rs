@@ -3,7 +3,6 @@
 #[cfg(feature = "tokio")]
 mod async_api;
 mod drain;
-mod signals;
 mod worker;
 
 pub use drain::{Drain, DrainNotice, DrainReason, Notified};
@@ -383,11 +382,9 @@ impl Upgrader {
         let mut older = OlderGenerations::default();
         let predecessor = match &inheritance {
             Some(i) => {
-                // SAFETY: the previous generation put the channel at this
-                // number for us; nothing else in this process has taken it
-                // (it is right after the LISTEN_FDS range, which we just
-                // took).
-                let fd = unsafe { crate::sys::fd::take_inherited(i.fd) }
+                // The previous generation put the channel at this number
+                // for us, right after the LISTEN_FDS range.
+                let fd = crate::sys::fd::take_inherited_once(i.fd)
                     .map_err(|e| setup(format!("the hand-over channel (fd {}): {e}", i.fd)))?;
                 let channel = Channel::from_fd(fd);
                 older = OlderGenerations::inherit(i).map_err(setup)?;
@@ -426,7 +423,7 @@ impl Upgrader {
             }),
             wake,
         });
-        let signals = signals::install(shared.notifier.is_enabled())
+        let signals = crate::sys::signals::install(shared.notifier.is_enabled())
             .map_err(|e| setup(format!("installing signal handlers: {e}")))?;
         let (commands, receiver) = mpsc::channel();
         worker::start(shared.clone(), signals, wake_read, receiver)

@@ -15,7 +15,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use tracing::{info, warn};
 
 use super::drain::DrainReason;
-use super::{signals, Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
+use super::{Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
 use crate::exec::control::{
     cgroup_of, ControlConnection, ControlEndpoint, Refusal, Reply, Request,
 };
@@ -89,7 +89,7 @@ impl Worker {
     fn run(mut self) {
         loop {
             self.wait();
-            for signal in signals::read(&self.signals) {
+            for signal in crate::sys::signals::read(&self.signals) {
                 match signal {
                     Signal::SIGHUP => {
                         info!("reload requested by SIGHUP");

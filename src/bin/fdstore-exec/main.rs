@@ -4,6 +4,8 @@
 //! This file holds only the command line and logging set-up; the work is in
 //! the `fdstore` library (`fdstore::exec`).
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::ffi::OsString;
@@ -126,7 +128,7 @@ fn main() {
     };
     match exec::run(&config, inherited) {
         Ok(Outcome::Exit(code)) => std::process::exit(code),
-        Ok(Outcome::Signal(signal)) => die_by(signal),
+        Ok(Outcome::Signal(signal)) => exec::die_by(signal),
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("fdstore-exec: {e}");
@@ -180,16 +182,4 @@ fn resolve_pid(target: &Target) -> Result<u32, (i32, String)> {
         };
     }
     fdstore::client::main_pid_from_env()
-}
-
-/// Ends this process by `signal`, as the program ended.
-fn die_by(signal: nix::sys::signal::Signal) -> ! {
-    use nix::sys::signal::{signal as set_handler, SigHandler, SigSet};
-    // SAFETY: restoring the default disposition installs no handler code.
-    let _ = unsafe { set_handler(signal, SigHandler::SigDfl) };
-    let mut set = SigSet::empty();
-    set.add(signal);
-    let _ = set.thread_unblock();
-    let _ = nix::sys::signal::raise(signal);
-    std::process::exit(128 + signal as i32);
 }

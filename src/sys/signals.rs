@@ -1,5 +1,9 @@
-//! SIGHUP (reload, as `Type=notify-reload` sends it), SIGTERM and SIGINT
-//! (stop) turned into bytes on a pipe that the upgrade thread polls.
+//! Signal dispositions. For the library's upgrader: SIGHUP (reload, as
+//! `Type=notify-reload` sends it), SIGTERM and SIGINT (stop) turned into
+//! bytes on a pipe that the upgrade thread polls. For fdstore-exec: the
+//! default disposition back, to end the way its program ended.
+//!
+//! See [`sigaction(2)`](https://man7.org/linux/man-pages/man2/sigaction.2.html).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -54,6 +58,15 @@ pub(crate) fn install(under_manager: bool) -> io::Result<OwnedFd> {
         unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;
     }
     Ok(read_end)
+}
+
+/// Restores the default disposition of `signal` (no handler of ours runs
+/// for it any more).
+pub(crate) fn restore_default(signal: Signal) -> io::Result<()> {
+    // SAFETY: the default disposition installs no handler code.
+    unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// The signals that arrived, in order.
