@@ -136,8 +136,13 @@ struct Attacker {
 impl Attacker {
     fn new(tag: &str) -> Attacker {
         use std::os::unix::fs::PermissionsExt;
+        // One directory per attacker: the four managers' runs of a test are
+        // threads of one process, and a shared report file mixed their
+        // squatters' lines (the wait for "both" then never ended).
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("fdstore-security-{tag}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("fdstore-security-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
