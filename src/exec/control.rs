@@ -29,6 +29,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
+
+use super::sysexits;
 use rustix::net::{
     accept_with, bind, connect, listen, recv, send, socket_with, sockopt, AddressFamily, RecvFlags,
     SendFlags, SocketAddrUnix, SocketFlags, SocketType,
@@ -151,12 +153,12 @@ impl Refusal {
     /// The sysexits(3) status a client should exit with.
     pub fn exit_status(self) -> i32 {
         match self {
-            Refusal::Busy => 75,   // EX_TEMPFAIL
-            Refusal::Denied => 77, // EX_NOPERM
-            Refusal::Failed => 69, // EX_UNAVAILABLE
+            Refusal::Busy => sysexits::TEMPFAIL,
+            Refusal::Denied => sysexits::NOPERM,
+            Refusal::Failed => sysexits::UNAVAILABLE,
             Refusal::Stopping => 0,
-            Refusal::Unsupported => 78, // EX_CONFIG
-            Refusal::Invalid => 76,     // EX_PROTOCOL
+            Refusal::Unsupported => sysexits::CONFIG,
+            Refusal::Invalid => sysexits::PROTOCOL,
         }
     }
 }
@@ -558,8 +560,8 @@ impl ClientError {
     /// The sysexits(3) status a client should exit with.
     pub fn exit_status(&self) -> i32 {
         match self {
-            ClientError::NoEndpoint(_) | ClientError::Io(_) => 69, // EX_UNAVAILABLE
-            ClientError::WrongPeer(_) => 76,                       // EX_PROTOCOL
+            ClientError::NoEndpoint(_) | ClientError::Io(_) => sysexits::UNAVAILABLE,
+            ClientError::WrongPeer(_) => sysexits::PROTOCOL,
         }
     }
 }

@@ -289,7 +289,7 @@ pub(crate) fn spawn_successor(
 pub fn run_intermediate(args: &[OsString]) -> i32 {
     let Some((program, rest)) = args.split_first() else {
         eprintln!("fdstore-exec: {SPAWN_ARG} needs a program");
-        return 64;
+        return super::sysexits::USAGE;
     };
     match Command::new(program).args(rest).spawn() {
         Ok(_) => 0,
@@ -298,7 +298,7 @@ pub fn run_intermediate(args: &[OsString]) -> i32 {
                 "fdstore-exec: cannot start {}: {e}",
                 Path::new(program).display()
             );
-            71
+            super::sysexits::OSERR
         }
     }
 }

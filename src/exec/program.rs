@@ -91,7 +91,7 @@ pub fn spawn_program(
 pub fn run_trampoline(args: &[OsString]) -> i32 {
     let Some((program, rest)) = args.split_first() else {
         eprintln!("fdstore-exec: {TRAMPOLINE_ARG} needs a program");
-        return 64;
+        return super::sysexits::USAGE;
     };
     let pid = std::process::id().to_string();
     let mut command = Command::new(program);
