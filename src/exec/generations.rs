@@ -33,7 +33,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, PidfdFlags};
 use tracing::warn;
 
@@ -178,14 +177,7 @@ impl Older {
     /// no pidfd, its end of the channel is closed.
     fn gone(&self) -> bool {
         match &self.pidfd {
-            Some(pidfd) => {
-                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-                let zero = rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-            }
+            Some(pidfd) => crate::sys::poll::readable_now(pidfd.as_fd()),
             None => closed(&self.channel),
         }
     }
@@ -317,14 +309,13 @@ impl OlderGenerations {
                     named_generations(&late)
                 ));
             }
-            let mut fds: Vec<PollFd<'_>> = self
+            let watched: Vec<BorrowedFd<'_>> = self
                 .list
                 .iter()
                 .filter(|o| ending.contains(&o.generation))
-                .map(|o| PollFd::from_borrowed_fd(o.watch(), PollFlags::IN))
+                .map(|o| o.watch())
                 .collect();
-            let timeout = rustix::time::Timespec::try_from(left).ok();
-            let _ = poll(&mut fds, timeout.as_ref());
+            let _ = crate::sys::poll::wait_readable(&watched, Some(left));
             self.prune();
         }
         Ok(())
@@ -422,8 +413,7 @@ mod tests {
             .take(2)
             .map(|c| {
                 std::thread::spawn(move || loop {
-                    let mut fds = [PollFd::new(&c, PollFlags::IN)];
-                    let _ = poll(&mut fds, None);
+                    let _ = crate::sys::poll::wait_readable(&[c.as_fd()], None);
                     if let Ok(Some(Some(Message::End))) = c.recv() {
                         return;
                     }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
@@ -41,6 +40,7 @@ use super::relay::{NotifyRelay, RelayMessage};
 use crate::listen::NamedFd;
 use crate::notify::{Notification, Notifier};
 use crate::reload::{successor_events, Action, Event, Facts, Reload, Requester, BARRIER_TIMEOUT};
+use crate::sys::poll::wait_readable;
 
 /// At most this many "ignored a notification from outside" lines per
 /// [`OUTSIDER_WINDOW`].
@@ -1258,22 +1258,5 @@ pub(crate) fn describe(status: ExitStatus) -> String {
             Err(_) => format!("was killed by signal {signal}"),
         },
         _ => "ended".to_owned(),
-    }
-}
-
-/// Polls the descriptors; returns which are readable.
-fn wait_readable(
-    fds: &[BorrowedFd<'_>],
-    timeout: Option<Duration>,
-) -> rustix::io::Result<Vec<bool>> {
-    let mut polled: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
-    let timeout = timeout.and_then(|t| rustix::time::Timespec::try_from(t).ok());
-    match poll(&mut polled, timeout.as_ref()) {
-        Ok(_) => Ok(polled.iter().map(|p| !p.revents().is_empty()).collect()),
-        Err(rustix::io::Errno::INTR) => Ok(vec![false; fds.len()]),
-        Err(e) => Err(e),
     }
 }

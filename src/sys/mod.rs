@@ -8,6 +8,7 @@
 pub(crate) mod fd;
 pub(crate) mod path;
 pub(crate) mod pidfd;
+pub(crate) mod poll;
 pub(crate) mod proc;
 pub(crate) mod process_group;
 pub(crate) mod signals;

@@ -50,9 +50,7 @@ pub(crate) fn open(pid: u32) -> io::Result<OwnedFd> {
 /// Whether the process of `pidfd` has exited (a pidfd becomes readable
 /// then), without waiting.
 pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    matches!(poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
+    super::poll::readable_now(pidfd)
 }
 
 #[cfg(test)]

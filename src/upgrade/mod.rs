@@ -721,12 +721,7 @@ impl Upgrader {
                     "it did not make this process the main process in time".into(),
                 ));
             }
-            let mut fds = [rustix::event::PollFd::new(
-                channel,
-                rustix::event::PollFlags::IN,
-            )];
-            let timeout = rustix::time::Timespec::try_from(left).ok();
-            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            let _ = crate::sys::poll::wait_readable(&[channel.as_fd()], Some(left));
             match channel.recv() {
                 Ok(Some(Some(Message::Main(_)))) => return Ok(()),
                 Ok(Some(Some(Message::Failed(why)))) => return Err(abandoned(why)),

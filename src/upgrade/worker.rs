@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rustix::event::{poll, PollFd, PollFlags};
 use tracing::{info, warn};
 
 use super::drain::DrainReason;
@@ -121,19 +120,15 @@ impl Worker {
             .collect();
         deadlines.extend(self.reload.deadline());
         deadlines.extend(self.shared.drain.notice().map(|n| n.deadline));
-        let timeout = deadlines.into_iter().min().and_then(|d| {
-            let left = d.saturating_duration_since(now) + Duration::from_millis(1);
-            rustix::time::Timespec::try_from(left).ok()
-        });
+        let timeout = deadlines
+            .into_iter()
+            .min()
+            .map(|d| d.saturating_duration_since(now) + Duration::from_millis(1));
         let mut watched: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd(), self.wake.as_fd()];
         watched.extend(self.control.iter().flat_map(ControlEndpoint::fds));
         watched.extend(self.channel.as_ref().map(|c| c.as_fd()));
         watched.extend(self.successor_link.as_ref().map(|c| c.as_fd()));
-        let mut fds: Vec<PollFd<'_>> = watched
-            .iter()
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        let _ = poll(&mut fds, timeout.as_ref());
+        let _ = crate::sys::poll::wait_readable(&watched, timeout);
     }
 
     fn serve_control(&mut self) {
