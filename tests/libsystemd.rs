@@ -46,13 +46,14 @@ while signal.SIGTERM not in signal.sigpending():
         conn, _ = listener.accept()
     except BlockingIOError:
         continue
-    conn.sendall(f"pid {os.getpid()}\n".encode())
     # Held until the client closes (at most a second), as request-response
     # servers do: fdstore-exec's readiness probe, which every mode includes,
-    # must see who accepted it.
-    conn.shutdown(socket.SHUT_WR)
-    conn.settimeout(1)
+    # must see who accepted it. The probe may be gone before the answer
+    # (ENOTCONN, EPIPE, ECONNRESET), as any client may: not a reason to die.
     try:
+        conn.sendall(f"pid {os.getpid()}\n".encode())
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(1)
         conn.recv(64)
     except OSError:
         pass
