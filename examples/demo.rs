@@ -11,7 +11,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fdstore::exec::handover::parent_of;
+use fdstore::protocol::handover::parent_of;
 use support::load::{Load, LoadReport, Mode};
 use support::{free_port, Systemd, Version};
 

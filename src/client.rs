@@ -8,8 +8,8 @@ use std::os::fd::AsFd;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::exec::control::{self, Reply, Request};
-use crate::exec::sysexits;
+use crate::protocol::control::{self, Reply, Request};
+use crate::protocol::sysexits;
 
 /// Asks the unit's main process (`$MAINPID`, which systemd sets for
 /// `ExecReload=`) for a reload and waits for the outcome, printing it as
@@ -141,7 +141,7 @@ pub fn main_pid_from_env() -> Result<u32, (i32, String)> {
 /// window before this call).
 ///
 /// ```no_run
-/// use fdstore::exec::control::Request;
+/// use fdstore::protocol::control::Request;
 /// let status = fdstore::client::ask_main_process(1234, Request::Status, "myapp status");
 /// std::process::exit(status);
 /// ```

@@ -56,10 +56,16 @@ mod duration;
 // the integration tests only, not part of the library's API.
 #[doc(hidden)]
 pub mod exec;
+mod fd_store;
 mod kind;
 mod listen;
 mod name;
 mod notify;
+// The wire protocol of fdstore(7) that fdstore-exec and the library share:
+// public for the binary and the integration tests only, not part of the
+// library's API.
+#[doc(hidden)]
+pub mod protocol;
 mod reload;
 mod signal;
 mod spec;
@@ -76,13 +82,13 @@ pub mod serve;
 pub use bind::{BindError, DEFAULT_BACKLOG};
 pub use client::{reload, reload_status};
 pub use duration::parse_duration;
-pub use exec::AtMaxGenerations;
 pub use kind::{FdKind, WrongKind};
 pub use listen::{ListenError, ListenFds, NamedFd, UnsetEnv, LISTEN_FDS_START, UNKNOWN_NAME};
 pub use name::{check_fd_name, FD_NAME_MAX};
 pub use notify::{
     monotonic_usec, Delivery, FdPoll, Notification, Notifier, NotifyError, MAX_FDS_PER_MESSAGE,
 };
+pub use protocol::AtMaxGenerations;
 pub use signal::parse_signal;
 pub use spec::{Endpoint, ListenerSpec, Options, SpecError, Transport};
 pub use upgrade::{

@@ -9,10 +9,10 @@
 
 use proptest::prelude::*;
 
-use crate::exec::control::{Refusal, Reply, Request};
-use crate::exec::handover::{Inheritance, Message};
 use crate::exec::parse_listen_file;
 use crate::listen::{parse_environment, Environment};
+use crate::protocol::control::{Refusal, Reply, Request};
+use crate::protocol::handover::{Inheritance, Message};
 use crate::spec::ListenerSpec;
 
 /// 256 cases per property, or `PROPTEST_CASES` for a longer run.

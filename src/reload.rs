@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::exec::control::{busy_text, still_starting_text, Refusal, Reply};
-use crate::exec::handover::{Channel, Message};
+use crate::protocol::control::{busy_text, still_starting_text, Refusal, Reply};
+use crate::protocol::handover::{Channel, Message};
 
 /// Time a new generation gets beyond its ready timeout to finish the
 /// hand-over: its own start (through the intermediate process), the

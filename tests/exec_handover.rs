@@ -4,7 +4,7 @@
 
 mod support;
 
-use fdstore::exec::handover::parent_of;
+use fdstore::protocol::handover::parent_of;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::app::{fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App};

@@ -344,8 +344,8 @@ fn fdstore_7_describes_the_protocol_the_code_speaks() {
             .any(|l| l.starts_with(".TH") && l.contains(&version)),
         "man/fdstore.7's .TH line should name {version}"
     );
-    let socket = fdstore::exec::control::control_name_prefix(1234).replace("1234/", "");
-    let env = fdstore::exec::handover::HANDOVER_ENV;
+    let socket = fdstore::protocol::control::control_name_prefix(1234).replace("1234/", "");
+    let env = fdstore::protocol::handover::HANDOVER_ENV;
     for word in [
         // Control requests and refusal kinds.
         "RELOAD",

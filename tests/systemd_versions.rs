@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use fdstore::exec::handover::parent_of;
+use fdstore::protocol::handover::parent_of;
 use support::app::{main_pid, start_app, wait_gone};
 use support::{answer, environ_var, pidfd_id, report_lines, wait_for, Systemd, Traffic, Version};
 

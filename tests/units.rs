@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fdstore::exec::handover::parent_of;
+use fdstore::protocol::handover::parent_of;
 use support::load::{Load, Mode};
 use support::{free_port, wait_for, Systemd, Version, Visible};
 

@@ -9,7 +9,7 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use fdstore::exec::handover::parent_of;
+use fdstore::protocol::handover::parent_of;
 use support::app::{fdstore_exec, main_pid, wait_gone};
 use support::load::{Load, Mode};
 use support::{assert_names_itself, environ_var, example, free_port, wait_for, Systemd};

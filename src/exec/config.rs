@@ -155,7 +155,7 @@ pub struct Config {
     pub mode: Mode,
     /// How many generations may be alive at once, and what a reload does at
     /// the bound.
-    pub generations: super::GenerationBound,
+    pub generations: crate::protocol::GenerationBound,
     /// Which signal reloads and which are passed to the program.
     pub signals: SignalRoles,
     /// fdstore-exec's own arguments, to start the next generation with.
@@ -187,24 +187,6 @@ impl fmt::Display for ExecError {
 }
 
 impl std::error::Error for ExecError {}
-
-/// sysexits(3) statuses used by fdstore-exec.
-pub mod sysexits {
-    /// Bad command line or configuration.
-    pub const USAGE: i32 = 64;
-    /// A needed resource (a port, a path, the new generation) is unavailable.
-    pub const UNAVAILABLE: i32 = 69;
-    /// An operating-system error.
-    pub const OSERR: i32 = 71;
-    /// Busy: try again later (a reload in progress).
-    pub const TEMPFAIL: i32 = 75;
-    /// The other side broke the protocol (not a request; not our socket).
-    pub const PROTOCOL: i32 = 76;
-    /// Not allowed.
-    pub const NOPERM: i32 = 77;
-    /// Configuration of the environment is wrong.
-    pub const CONFIG: i32 = 78;
-}
 
 pub(crate) fn fail(status: i32, message: impl Into<String>) -> ExecError {
     ExecError {

@@ -4,7 +4,8 @@
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use tracing::info;
 
-use super::config::{fail, sysexits, ExecError};
+use super::config::{fail, ExecError};
+use crate::protocol::sysexits;
 
 /// Descriptors a generation needs for `listeners` listeners: each is held
 /// once and duplicated once while the program starts, plus stdio and the

@@ -2,16 +2,16 @@
 //! that were removed from the configuration.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
-
 use tracing::{info, warn};
 
-use super::config::{fail, sysexits, ExecError};
+use super::config::{fail, ExecError};
 use super::limits::{ensure_descriptor_room, needed_for};
 use super::listen_file::read_listen_file;
+use crate::fd_store::{fd_store_too_small, store};
 use crate::kind::FdKind;
 use crate::listen::{ListenFds, NamedFd};
-use crate::notify::{FdPoll, Notifier};
+use crate::notify::Notifier;
+use crate::protocol::sysexits;
 use crate::spec::ListenerSpec;
 
 /// The listeners of one generation.
@@ -246,36 +246,6 @@ fn check_fd_store_room(specs: &[ListenerSpec], notifier: &Notifier) -> Result<()
             Err(fail(sysexits::CONFIG, fd_store_too_small(max, &names)))
         }
         _ => Ok(()),
-    }
-}
-
-/// The log line for a listener sent to a store the manager did not describe.
-pub(crate) const FD_STORE_UNKNOWN: &str = "listener sent to the fd store, which may keep nothing: the manager did not export $FDSTORE. On systemd 254 and later that means the unit has no fd store (FileDescriptorStoreMax=0) and the listener will not survive a crash or restart; before 254 the manager never says, so it cannot be known. Set FileDescriptorStoreMax= to at least the number of listeners in the unit's [Service] section";
-
-/// The error text for a fd store smaller than the listeners that go into it.
-pub(crate) fn fd_store_too_small(max: usize, names: &[&str]) -> String {
-    let n = names.len();
-    format!(
-        "FileDescriptorStoreMax={max} is too small: the {n} listener(s) created from specs ({}) are kept in the unit's fd store so that they outlive a crash or restart; set FileDescriptorStoreMax={n} or more in the unit's [Service] section (plus what the program stores itself)",
-        names.join(", ")
-    )
-}
-
-/// Puts a listener into the fd store, logging the outcome: what is known
-/// about whether the manager keeps it (the manager answers nothing).
-pub(crate) fn store(notifier: &Notifier, fd: &NamedFd) {
-    match notifier.store_fds(fd.name(), &[fd.as_fd()], FdPoll::Watch) {
-        Ok(_) => match notifier.fd_store_max() {
-            Some(max) => info!(
-                name = fd.name(),
-                "listener sent to the fd store (FileDescriptorStoreMax={max})"
-            ),
-            None => warn!(name = fd.name(), "{}", FD_STORE_UNKNOWN),
-        },
-        Err(e) => warn!(
-            name = fd.name(),
-            "could not put the listener into the fd store ({e}); it will not survive a restart"
-        ),
     }
 }
 

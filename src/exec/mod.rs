@@ -9,14 +9,13 @@
 //! signals, and ends the way the program ended so that `Restart=` and
 //! `systemctl status` see the truth.
 //!
-//! On a reload (`fdstore-exec reload` through the [`control`] socket, or
+//! On a reload (`fdstore-exec reload` through the
+//! [`control`](crate::protocol::control) socket, or
 //! SIGHUP under `Type=notify-reload`) it starts the next generation, which
-//! becomes the main process once its program is ready; see [`handover`].
+//! becomes the main process once its program is ready; see
+//! [`crate::protocol::handover`] and [`spawn`].
 
 mod config;
-pub mod control;
-pub(crate) mod generations;
-pub mod handover;
 mod limits;
 mod listen_file;
 pub(crate) mod listeners;
@@ -24,15 +23,11 @@ mod log_limit;
 mod program;
 mod readiness;
 mod relay;
+pub mod spawn;
 mod supervise;
 
 pub use config::{
-    sysexits, Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles, DEFAULT_FORWARDED,
-    STOP_SIGNALS,
-};
-pub use generations::{
-    check_max as check_max_generations, AtMaxGenerations, GenerationBound, DEFAULT_MAX_GENERATIONS,
-    END_TIMEOUT, MIN_GENERATIONS,
+    Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles, DEFAULT_FORWARDED, STOP_SIGNALS,
 };
 pub use listen_file::{parse_listen_file, read_listen_file};
 pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};

@@ -28,7 +28,7 @@ pub struct ProgramSpec {
 const SCRUBBED: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
-    super::handover::HANDOVER_ENV,
+    crate::protocol::handover::HANDOVER_ENV,
 ];
 
 /// Sets up `command`, which runs the trampoline, to pass `listeners` on: the
@@ -91,7 +91,7 @@ pub fn spawn_program(
 pub fn run_trampoline(args: &[OsString]) -> i32 {
     let Some((program, rest)) = args.split_first() else {
         eprintln!("fdstore-exec: {TRAMPOLINE_ARG} needs a program");
-        return super::sysexits::USAGE;
+        return crate::protocol::sysexits::USAGE;
     };
     let pid = std::process::id().to_string();
     let mut command = Command::new(program);

@@ -4,7 +4,7 @@
 //!
 //! - **successor**: started by the previous main process for a reload; it
 //!   starts its program, reports readiness over the hand-over channel and
-//!   waits to be made the main process (see [`super::handover`]);
+//!   waits to be made the main process (see [`crate::protocol::handover`]);
 //! - **main**: the unit's main process; it relays the program's
 //!   notifications, answers the control socket and, on a reload, starts and
 //!   hands over to a successor;
@@ -26,19 +26,22 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, error, info, warn};
 
-use super::config::{fail, sysexits, Config, ExecError, Mode, Outcome, SignalRoles, STOP_SIGNALS};
-use super::control::{cgroup_of, ControlConnection, ControlEndpoint, Reply, Request};
-use super::generations::OlderGenerations;
-use super::handover::{
-    make_main_process, spawn_successor, told_to_end, Channel, Inheritance, Message, HANDOVER_ENV,
-};
-use super::listeners::{all_specs, gather, store, ListenerSet};
+use super::config::{fail, Config, ExecError, Mode, Outcome, SignalRoles, STOP_SIGNALS};
+use super::listeners::{all_specs, gather, ListenerSet};
 use super::log_limit::{LogLimit, Verdict};
 use super::program::spawn_program;
 use super::readiness::Readiness;
 use super::relay::{NotifyRelay, RelayMessage};
+use super::spawn::spawn_successor;
+use crate::fd_store::store;
 use crate::listen::NamedFd;
 use crate::notify::{Notification, Notifier};
+use crate::protocol::control::{cgroup_of, ControlConnection, ControlEndpoint, Reply, Request};
+use crate::protocol::generations::OlderGenerations;
+use crate::protocol::handover::{
+    make_main_process, told_to_end, Channel, Inheritance, Message, HANDOVER_ENV,
+};
+use crate::protocol::sysexits;
 use crate::reload::{successor_events, Action, Event, Facts, Reload, Requester, BARRIER_TIMEOUT};
 use crate::sys::poll::wait_readable;
 
@@ -151,7 +154,7 @@ struct Supervisor<'c> {
     /// that newer generations learn when this one is gone, and can tell it
     /// to end early ([`Message::End`]).
     successor_link: Option<Channel>,
-    /// The older generations still draining (see [`super::generations`]).
+    /// The older generations still draining (see [`crate::protocol::generations`]).
     older: OlderGenerations,
     /// Whether this draining generation was told to end early.
     ended_early: bool,

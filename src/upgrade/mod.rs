@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::exec::generations::OlderGenerations;
-use crate::exec::handover::{Channel, Inheritance, Message, HANDOVER_ENV};
-use crate::exec::{AtMaxGenerations, GenerationBound};
 use crate::listen::{ListenFds, NamedFd, UnsetEnv};
 use crate::notify::{Notification, Notifier};
+use crate::protocol::generations::OlderGenerations;
+use crate::protocol::handover::{Channel, Inheritance, Message, HANDOVER_ENV};
+use crate::protocol::{AtMaxGenerations, GenerationBound};
 use crate::spec::ListenerSpec;
 
 /// Settings of an [`Upgrader`].
@@ -228,7 +228,7 @@ pub(crate) struct State {
     /// The names this generation asked for; a managed name not among them
     /// at [`Upgrader::ready`] was removed from the program's specs.
     pub requested: Vec<String>,
-    /// The older generations still draining (see `exec::generations`).
+    /// The older generations still draining (see `protocol::generations`).
     pub older: OlderGenerations,
 }
 
@@ -496,9 +496,7 @@ impl Upgrader {
                 names.push(&name);
             }
             if names.len() > max {
-                return Err(setup(crate::exec::listeners::fd_store_too_small(
-                    max, &names,
-                )));
+                return Err(setup(crate::fd_store::fd_store_too_small(max, &names)));
             }
         }
         let fd = spec.bind().map_err(|e| setup(e.to_string()))?;
@@ -507,7 +505,7 @@ impl Upgrader {
             .try_clone_to_owned()
             .map_err(|e| setup(format!("duplicating listener {name:?}: {e}")))?;
         if state.predecessor.is_none() {
-            crate::exec::listeners::store(&self.shared.notifier, &fd);
+            crate::fd_store::store(&self.shared.notifier, &fd);
         } else {
             state.unstored.push(name.clone());
         }
@@ -644,7 +642,7 @@ impl Upgrader {
             let state = self.lock();
             for name in unstored {
                 if let Some(fd) = state.listeners.iter().find(|l| l.name() == name) {
-                    crate::exec::listeners::store(&self.shared.notifier, fd);
+                    crate::fd_store::store(&self.shared.notifier, fd);
                 }
             }
             drop(state);

@@ -15,13 +15,13 @@ use tracing::{info, warn};
 
 use super::drain::DrainReason;
 use super::{Command, Shared, UpgradeError, UpgradeErrorKind, Upgraded};
-use crate::exec::control::{
+use crate::notify::Notification;
+use crate::protocol::control::{
     cgroup_of, ControlConnection, ControlEndpoint, Refusal, Reply, Request,
 };
-use crate::exec::handover::{
+use crate::protocol::handover::{
     make_main_process, told_to_end, Channel, Inheritance, Message, HANDOVER_ENV,
 };
-use crate::notify::Notification;
 use crate::reload::{
     successor_events, Action, Answer, Event, Facts, Reload, Requester, BARRIER_TIMEOUT,
 };

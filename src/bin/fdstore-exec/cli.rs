@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fdstore::exec::{Mode, ReadyMode, ReloadSignal, DEFAULT_MAX_GENERATIONS};
+use fdstore::exec::{Mode, ReadyMode, ReloadSignal};
+use fdstore::protocol::DEFAULT_MAX_GENERATIONS;
 use fdstore::AtMaxGenerations;
 use fdstore::ListenerSpec;
 use nix::sys::signal::Signal;
@@ -216,7 +217,7 @@ fn parse_max_generations(s: &str) -> Result<u32, String> {
     let max: u32 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of generations; use 2 or more"))?;
-    fdstore::exec::check_max_generations(max)?;
+    fdstore::protocol::check_max_generations(max)?;
     Ok(max)
 }
 

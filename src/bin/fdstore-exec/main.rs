@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use cli::{Action, Cli, Target};
-use fdstore::exec::control::Request;
-use fdstore::exec::{self, handover, sysexits, Config, Outcome, ProgramSpec, SignalRoles};
+use fdstore::exec::{self, spawn, Config, Outcome, ProgramSpec, SignalRoles};
+use fdstore::protocol::control::Request;
+use fdstore::protocol::{self, sysexits};
 use nix::sys::signal::Signal;
 
 /// Logs go to the journal when stderr is connected to it (as under systemd),
@@ -80,10 +81,10 @@ fn main() {
             let rest = args.get(3..).unwrap_or_default();
             std::process::exit(exec::run_trampoline(rest));
         }
-        Some(handover::SPAWN_ARG) => {
+        Some(spawn::SPAWN_ARG) => {
             restore_mask();
             let rest = args.get(3..).unwrap_or_default();
-            std::process::exit(handover::run_intermediate(rest));
+            std::process::exit(spawn::run_intermediate(rest));
         }
         _ => {}
     }
@@ -118,7 +119,7 @@ fn main() {
         drain_signal: run.drain_signal,
         drain_timeout: run.drain_timeout,
         mode: run.mode,
-        generations: exec::GenerationBound::new(run.max_generations, run.at_max_generations)
+        generations: protocol::GenerationBound::new(run.max_generations, run.at_max_generations)
             .unwrap_or_else(|e| {
                 eprintln!("fdstore-exec: --{e}");
                 std::process::exit(sysexits::USAGE);
@@ -166,17 +167,12 @@ fn resolve_pid(target: &Target) -> Result<u32, (i32, String)> {
         let output = command
             .args(["show", "--property=MainPID", "--value", "--", unit])
             .output()
-            .map_err(|e| {
-                (
-                    exec::sysexits::UNAVAILABLE,
-                    format!("running systemctl: {e}"),
-                )
-            })?;
+            .map_err(|e| (sysexits::UNAVAILABLE, format!("running systemctl: {e}")))?;
         let text = String::from_utf8_lossy(&output.stdout);
         return match text.trim().parse::<u32>() {
             Ok(pid) if pid > 0 => Ok(pid),
             _ => Err((
-                exec::sysexits::UNAVAILABLE,
+                sysexits::UNAVAILABLE,
                 format!("{unit} has no main process (is it running?)"),
             )),
         };

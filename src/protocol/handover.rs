@@ -1,4 +1,6 @@
-//! The private channel between two generations, and starting the next one.
+//! The private channel between two generations, and the environment that
+//! describes it to the new one (started by `fdstore-exec`'s `exec::spawn`
+//! or by the library's upgrader).
 //!
 //! The outgoing main process (the *predecessor*) starts the next generation
 //! through a short-lived intermediate process (`fdstore-exec __spawn`), which
@@ -26,27 +28,20 @@
 //! Either side closing the channel early aborts the hand-over: the new
 //! generation stops its program and exits, the old one keeps serving.
 
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use rustix::io::Errno;
 use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 
-use super::generations::OlderGenerations;
-use crate::listen::{NamedFd, LISTEN_FDS_START};
+use crate::listen::LISTEN_FDS_START;
 
 /// The environment variable that tells a new fdstore-exec it is taking over:
 /// `fd=N,generation=G,older=G1.G2...,managed=NAME:NAME...` (`older=` may be
 /// missing: a previous version of fdstore-exec did not pass it).
 pub const HANDOVER_ENV: &str = "FDSTORE_EXEC_HANDOVER";
-
-/// The hidden first argument of the intermediate process.
-pub const SPAWN_ARG: &str = "__spawn";
 
 /// A message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,63 +238,6 @@ impl Inheritance {
                 .map(str::to_owned)
                 .collect(),
         })
-    }
-}
-
-/// Starts the next generation: `fdstore_exec __spawn -- fdstore_exec __exec
-/// -- fdstore_exec ARGS...` with the listeners at 3, 4, ... and the channel
-/// after them, then the channels to the older generations still draining.
-/// Returns the intermediate process, which the caller must reap (it exits as
-/// soon as it has started the new process).
-pub(crate) fn spawn_successor(
-    fdstore_exec: &Path,
-    args: &[OsString],
-    listeners: &[NamedFd],
-    channel: Channel,
-    generation: u64,
-    managed: &[String],
-    older: &OlderGenerations,
-) -> io::Result<Child> {
-    let inheritance = Inheritance {
-        fd: LISTEN_FDS_START + listeners.len() as i32,
-        generation,
-        older: older.generations(),
-        managed: managed.to_vec(),
-    };
-    let mut command = Command::new(fdstore_exec);
-    command
-        .arg(SPAWN_ARG)
-        .arg("--")
-        .arg(fdstore_exec)
-        .arg(super::program::TRAMPOLINE_ARG)
-        .arg("--")
-        .arg(fdstore_exec)
-        .args(args)
-        .env(HANDOVER_ENV, inheritance.to_env())
-        .stdin(Stdio::null());
-    super::program::pass_listeners(&mut command, listeners);
-    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
-    fds.push(channel.as_fd());
-    fds.extend(older.channels());
-    crate::sys::spawn::pass_fds(&mut command, &fds)?;
-    command.spawn()
-}
-
-/// The intermediate process: starts `args` and exits without waiting for it.
-pub fn run_intermediate(args: &[OsString]) -> i32 {
-    let Some((program, rest)) = args.split_first() else {
-        eprintln!("fdstore-exec: {SPAWN_ARG} needs a program");
-        return super::sysexits::USAGE;
-    };
-    match Command::new(program).args(rest).spawn() {
-        Ok(_) => 0,
-        Err(e) => {
-            eprintln!(
-                "fdstore-exec: cannot start {}: {e}",
-                Path::new(program).display()
-            );
-            super::sysexits::OSERR
-        }
     }
 }
 

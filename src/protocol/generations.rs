@@ -19,7 +19,7 @@
 //! counts as gone only once that pidfd says it has exited: its descriptors
 //! are closed a moment before the process is gone.
 //!
-//! Before a reload starts a new generation, [`OlderGenerations::make_room`]
+//! Before a reload starts a new generation, `OlderGenerations::make_room`
 //! applies the bound: at most [`GenerationBound::max`] generations alive,
 //! counting the new one, the serving one and the draining ones. At the bound
 //! the reload is refused as busy ([`AtMaxGenerations::Refuse`]), or the
@@ -97,7 +97,7 @@ impl fmt::Display for AtMaxGenerations {
 /// the bound.
 ///
 /// ```
-/// use fdstore::exec::GenerationBound;
+/// use fdstore::protocol::GenerationBound;
 /// use fdstore::AtMaxGenerations;
 /// let bound = GenerationBound::new(3, AtMaxGenerations::Refuse)?;
 /// assert_eq!(bound.max(), 3);
