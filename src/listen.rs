@@ -40,12 +40,16 @@ pub const UNKNOWN_NAME: &str = "unknown";
 /// The variables of the `LISTEN_FDS` protocol, which a process passing
 /// descriptors on replaces as a whole (and [`ListenFds::from_env`] removes
 /// with [`UnsetEnv::Yes`]).
-pub const LISTEN_ENV: [&str; 4] = [
-    "LISTEN_PID",
-    "LISTEN_PIDFDID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-];
+pub const LISTEN_ENV: [&str; 4] = [LISTEN_PID, LISTEN_PIDFDID, LISTEN_FDS, LISTEN_FDNAMES];
+
+/// The pid the descriptors are for (`LISTEN_PID`).
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+/// The pidfd id of that process (`LISTEN_PIDFDID`, systemd 258+).
+pub(crate) const LISTEN_PIDFDID: &str = "LISTEN_PIDFDID";
+/// How many descriptors there are from [`LISTEN_FDS_START`] (`LISTEN_FDS`).
+pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Their names, separated by colons (`LISTEN_FDNAMES`).
+pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
 /// Whether [`ListenFds::from_env`] removes the `LISTEN_*` variables
 /// from the environment, so that child processes do not see them.
@@ -223,8 +227,8 @@ pub(crate) fn pidfd_id_given() -> bool {
 pub(crate) fn passing_on<'a>(names: impl Iterator<Item = &'a str>) -> [(&'static str, String); 2] {
     let names: Vec<&str> = names.collect();
     [
-        ("LISTEN_FDS", names.len().to_string()),
-        ("LISTEN_FDNAMES", names.join(":")),
+        (LISTEN_FDS, names.len().to_string()),
+        (LISTEN_FDNAMES, names.join(":")),
     ]
 }
 
@@ -456,7 +460,7 @@ pub(crate) fn parse_environment(
         Ok(pid) if pid > 0 => pid,
         _ => {
             return Err(ListenError::BadEnvironment {
-                variable: "LISTEN_PID",
+                variable: LISTEN_PID,
                 value: pid.to_owned(),
                 problem: "not a process id".into(),
             })
@@ -467,7 +471,7 @@ pub(crate) fn parse_environment(
     }
     if let Some(id) = env.listen_pidfdid {
         let id: u64 = id.trim().parse().map_err(|_| ListenError::BadEnvironment {
-            variable: "LISTEN_PIDFDID",
+            variable: LISTEN_PIDFDID,
             value: id.to_owned(),
             problem: "not a pidfd inode number".into(),
         })?;
@@ -487,7 +491,7 @@ pub(crate) fn parse_environment(
         .ok()
         .filter(|n| *n <= (i32::MAX - LISTEN_FDS_START) as usize)
         .ok_or_else(|| ListenError::BadEnvironment {
-            variable: "LISTEN_FDS",
+            variable: LISTEN_FDS,
             value: count.to_owned(),
             problem: "not a descriptor count".into(),
         })?;
@@ -497,7 +501,7 @@ pub(crate) fn parse_environment(
     let limit = descriptor_limit();
     if count > limit {
         return Err(ListenError::BadEnvironment {
-            variable: "LISTEN_FDS",
+            variable: LISTEN_FDS,
             value: count.to_string(),
             problem: format!(
                 "more descriptors than this process can have open (its hard RLIMIT_NOFILE is {limit})"

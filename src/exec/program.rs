@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use crate::listen::{NamedFd, LISTEN_ENV};
+use crate::listen::{NamedFd, LISTEN_ENV, LISTEN_FDS, LISTEN_PID, LISTEN_PIDFDID};
 
 /// The hidden first argument that makes `fdstore-exec` act as the trampoline
 /// (see [`run_trampoline`]).
@@ -47,7 +47,7 @@ pub(crate) fn pass_listeners(command: &mut Command, listeners: &[NamedFd]) {
         command.env(var, value);
     }
     if crate::listen::pidfd_id_given() {
-        command.env("LISTEN_PIDFDID", "");
+        command.env(LISTEN_PIDFDID, "");
     }
 }
 
@@ -96,12 +96,12 @@ pub fn run_trampoline(args: &[OsString]) -> i32 {
     let pid = std::process::id().to_string();
     let mut command = Command::new(program);
     command.args(rest);
-    if std::env::var_os("LISTEN_FDS").is_some() {
-        command.env("LISTEN_PID", &pid);
-        if std::env::var_os("LISTEN_PIDFDID").is_some() {
+    if std::env::var_os(LISTEN_FDS).is_some() {
+        command.env(LISTEN_PID, &pid);
+        if std::env::var_os(LISTEN_PIDFDID).is_some() {
             match crate::sys::pidfd::own_pidfd_id() {
-                Some(id) => command.env("LISTEN_PIDFDID", id.to_string()),
-                None => command.env_remove("LISTEN_PIDFDID"),
+                Some(id) => command.env(LISTEN_PIDFDID, id.to_string()),
+                None => command.env_remove(LISTEN_PIDFDID),
             };
         }
     }
