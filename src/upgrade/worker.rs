@@ -199,6 +199,17 @@ impl Worker {
     fn drive(&mut self, event: Event<Caller>) {
         let mut queue: VecDeque<Action<Caller>> = self.reload.handle(event, Instant::now()).into();
         while let Some(action) = queue.pop_front() {
+            // The drain notice lets the program end the process (it may
+            // return from main at once), which ends this thread too: the
+            // requester hears its answer first, or it would see the
+            // connection close without a reply and fail a reload that
+            // handed over.
+            if matches!(action, Action::BeginDrain { .. })
+                && queue.iter().any(|a| matches!(a, Action::Answer(..)))
+            {
+                queue.push_back(action);
+                continue;
+            }
             if let Some(event) = self.carry_out(action) {
                 // What follows from it comes before the rest.
                 for action in self.reload.handle(event, Instant::now()).into_iter().rev() {
