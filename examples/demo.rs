@@ -127,6 +127,19 @@ fn main() {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
                 progress(&format!("reload {n}: FAILED"));
+                // Why, as the journal says it: the manager's record is gone
+                // with it when the demo ends.
+                println!(
+                    "                     STATUS: {}",
+                    sd.show("hello.service", "StatusText")
+                );
+                for line in sd
+                    .journal()
+                    .lines()
+                    .filter(|l| l.contains("reload failed") || l.contains("fdstore-exec reload:"))
+                {
+                    println!("                     {line}");
+                }
             }
             (true, true) => {
                 surprises.push(format!("reload {n}: the broken version was accepted"));
