@@ -972,25 +972,9 @@ impl<'c> Supervisor<'c> {
     }
 
     fn on_request(&mut self, connection: ControlConnection, request: Result<Request, String>) {
-        match request {
-            Err(text) => {
-                let _ = connection.reply(&Reply::not_a_request(&text));
-            }
-            Ok(Request::Status) => {
-                let _ = connection.reply(&Reply::Ok(self.status_text()));
-            }
-            Ok(Request::Reload) => {
-                if connection.may_reload(self.own_cgroup.as_deref()) {
-                    info!(
-                        client_pid = connection.peer_pid,
-                        client_uid = connection.peer_uid,
-                        "reload requested"
-                    );
-                    self.start_reload(Requester::Client(connection));
-                } else {
-                    connection.deny_reload();
-                }
-            }
+        let own_cgroup = self.own_cgroup.as_deref();
+        if let Some(connection) = connection.triage(request, own_cgroup, || self.status_text()) {
+            self.start_reload(Requester::Client(connection));
         }
     }
 

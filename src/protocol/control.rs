@@ -510,6 +510,37 @@ impl ControlConnection {
         ));
     }
 
+    /// What a main process does with one request, the same in fdstore-exec
+    /// and the library: a status request is answered with `status()`, a bad
+    /// request with its error, a reload from a client that may not ask for
+    /// one is refused; the connection of an allowed reload request is handed
+    /// back, to be answered when the reload ends.
+    pub fn triage(
+        self,
+        request: Result<Request, String>,
+        own_cgroup: Option<&str>,
+        status: impl FnOnce() -> String,
+    ) -> Option<ControlConnection> {
+        match request {
+            Err(text) => {
+                let _ = self.reply(&Reply::not_a_request(&text));
+            }
+            Ok(Request::Status) => {
+                let _ = self.reply(&Reply::Ok(status()));
+            }
+            Ok(Request::Reload) if self.may_reload(own_cgroup) => {
+                tracing::info!(
+                    client_pid = self.peer_pid,
+                    client_uid = self.peer_uid,
+                    "reload requested"
+                );
+                return Some(self);
+            }
+            Ok(Request::Reload) => self.deny_reload(),
+        }
+        None
+    }
+
     /// Whether the client may ask for a reload: root, the uid this process
     /// runs as (which could signal it anyway), or a process in `own_cgroup`
     /// (the unit's cgroup).

@@ -141,22 +141,9 @@ impl Worker {
     }
 
     fn on_request(&mut self, connection: ControlConnection, request: Result<Request, String>) {
-        match request {
-            Ok(Request::Status) => {
-                let _ = connection.reply(&Reply::Ok(self.status_text()));
-            }
-            Ok(Request::Reload) if connection.may_reload(self.own_cgroup.as_deref()) => {
-                info!(
-                    client_pid = connection.peer_pid,
-                    client_uid = connection.peer_uid,
-                    "reload requested"
-                );
-                self.start_upgrade(Requester::Client(Caller::Client(connection)));
-            }
-            Ok(Request::Reload) => connection.deny_reload(),
-            Err(text) => {
-                let _ = connection.reply(&Reply::not_a_request(&text));
-            }
+        let own_cgroup = self.own_cgroup.as_deref();
+        if let Some(connection) = connection.triage(request, own_cgroup, || self.status_text()) {
+            self.start_upgrade(Requester::Client(Caller::Client(connection)));
         }
     }
 
