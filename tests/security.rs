@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -303,24 +302,7 @@ fn install_library(sd: &Systemd) -> u16 {
 
 /// One `GET /` on a new connection: the body, or what failed.
 fn get(port: u16) -> Result<String, String> {
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("read: {e}"))?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
-        _ => Err(format!("bad response {text:?}")),
-    }
+    support::http::get(port, "/", Duration::from_secs(20))
 }
 
 /// Point 2: the same squatter before a library service starts. Today's

@@ -17,31 +17,8 @@ use support::app::{main_pid, wait_gone};
 use support::load::{Load, LoadReport, Mode};
 use support::{example, free_port, wait_for, Systemd};
 
-/// The reply to one request on a new connection: the body of a 200, or what
-/// failed.
-fn ask(mut stream: impl Read + Write, request: &str) -> Result<String, String> {
-    write!(
-        stream,
-        "{request} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("read: {e}"))?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
-        _ => Err(format!("bad response {text:?}")),
-    }
-}
-
 fn get(port: u16, path: &str) -> Result<String, String> {
-    let stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    ask(stream, &format!("GET {path}"))
+    support::http::get(port, path, Duration::from_secs(30))
 }
 
 fn admin(socket: &Path, request: &str) -> Result<String, String> {
@@ -49,7 +26,7 @@ fn admin(socket: &Path, request: &str) -> Result<String, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
-    ask(stream, request)
+    support::http::ask(stream, request)
 }
 
 fn assert_no_failures(report: &LoadReport) {

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use fdstore::protocol::handover::parent_of;
@@ -16,24 +15,7 @@ use support::{assert_names_itself, environ_var, example, free_port, wait_for, Sy
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("read: {e}"))?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
-        _ => Err(format!("bad response {text:?}")),
-    }
+    support::http::get(port, path, Duration::from_secs(60))
 }
 
 /// Asserts that the load saw no failed request.

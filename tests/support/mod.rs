@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 pub mod app;
+pub mod http;
 pub mod load;
 pub mod ports;
 pub mod servers;
