@@ -116,7 +116,7 @@ mod tests {
     fn detects_files_and_pipes() {
         let file = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(fd_kind(&file).unwrap(), FdKind::CharacterDevice);
-        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         assert_eq!(fd_kind(&r).unwrap(), FdKind::Fifo);
     }
 }
