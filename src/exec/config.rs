@@ -36,16 +36,17 @@ impl FromStr for Mode {
 
 /// The signals that stop fdstore-exec: passed to the program, whose end
 /// ends fdstore-exec. They cannot be given another role.
-pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+pub(crate) const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
 
 /// The signals passed to the program by default, unless one of them is the
 /// reload signal (`SIGHUP` by default).
-pub const DEFAULT_FORWARDED: [Signal; 3] = [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+pub(crate) const DEFAULT_FORWARDED: [Signal; 3] =
+    [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// What the signals fdstore-exec receives mean: which one starts a reload
 /// (`--reload-signal`) and which are passed on to the program unchanged
 /// (`--forward-signal`, plus the defaults). The stop signals are always
-/// handled, see [`STOP_SIGNALS`].
+/// handled (SIGTERM, SIGINT, SIGQUIT).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalRoles {
     /// The signal that starts a hand-over, if any (`None`: only
@@ -89,7 +90,7 @@ impl SignalRoles {
 
     /// Every signal fdstore-exec handles: the stop signals, the reload
     /// signal and the forwarded ones.
-    pub fn handled(&self) -> Vec<Signal> {
+    pub(crate) fn handled(&self) -> Vec<Signal> {
         let mut all = STOP_SIGNALS.to_vec();
         all.extend(self.reload);
         all.extend(&self.forward);

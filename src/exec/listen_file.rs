@@ -20,7 +20,7 @@ use crate::spec::ListenerSpec;
 
 /// The largest listener file read: 1 MiB, room for some 20,000 listeners.
 /// A bigger file (or `/dev/zero`) is an error, not an ever-growing read.
-pub const MAX_LISTEN_FILE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_LISTEN_FILE_BYTES: u64 = 1 << 20;
 
 /// Reads and parses a listener file. Errors name the file, the line and the
 /// problem.
@@ -29,7 +29,7 @@ pub const MAX_LISTEN_FILE_BYTES: u64 = 1 << 20;
 /// file is opened without blocking (a FIFO with no writer would otherwise
 /// hold fdstore-exec before it handles signals) and anything else (a FIFO,
 /// a device, a directory) is refused.
-pub fn read_listen_file(path: &Path) -> Result<Vec<ListenerSpec>, String> {
+pub(crate) fn read_listen_file(path: &Path) -> Result<Vec<ListenerSpec>, String> {
     let shown = path.display();
     let cannot = |e: std::io::Error| {
         format!("cannot read the listener file {shown}: {e}; check --listen-file")
@@ -75,7 +75,7 @@ pub fn read_listen_file(path: &Path) -> Result<Vec<ListenerSpec>, String> {
 }
 
 /// Parses listener-file text; an error carries the 1-based line number.
-pub fn parse_listen_file(text: &str) -> Result<Vec<ListenerSpec>, (usize, String)> {
+pub(crate) fn parse_listen_file(text: &str) -> Result<Vec<ListenerSpec>, (usize, String)> {
     let mut specs = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -18,17 +18,17 @@ use crate::spec::ListenerSpec;
 #[derive(Debug, Default)]
 pub(crate) struct ListenerSet {
     /// What the program gets, in order.
-    pub active: Vec<NamedFd>,
+    pub(crate) active: Vec<NamedFd>,
     /// Names created from specs (`--listen`, `--listen-file`), which the
     /// next generation may retire.
-    pub managed: Vec<String>,
+    pub(crate) managed: Vec<String>,
     /// Names created by this generation that are not yet in the fd store
     /// (a new generation may store only once it is the main process).
-    pub unstored: Vec<String>,
+    pub(crate) unstored: Vec<String>,
     /// Listeners the configuration no longer names: kept open until this
     /// generation is the main process, then closed and removed from the fd
     /// store (only the main process may remove them).
-    pub retired: Vec<NamedFd>,
+    pub(crate) retired: Vec<NamedFd>,
 }
 
 /// All specs: `--listen` ones, then the listener file's. Duplicate names are

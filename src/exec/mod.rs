@@ -18,7 +18,7 @@
 mod config;
 mod limits;
 mod listen_file;
-pub(crate) mod listeners;
+mod listeners;
 mod log_limit;
 mod program;
 mod readiness;
@@ -26,13 +26,12 @@ mod relay;
 pub mod spawn;
 mod supervise;
 
-pub use config::{
-    Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles, DEFAULT_FORWARDED, STOP_SIGNALS,
-};
-pub use listen_file::{parse_listen_file, read_listen_file};
-pub use program::{run_trampoline, spawn_program, ProgramSpec, TRAMPOLINE_ARG};
-pub use readiness::{HttpCheck, ReadyCheck, ReadyMode, COMMAND_TIMEOUT};
-pub use relay::{NotifyRelay, RelayMessage};
+// What the fdstore-exec binary needs; the rest is crate-private.
+pub use config::{Config, ExecError, Mode, Outcome, ReloadSignal, SignalRoles};
+#[cfg(test)] // for src/proptests.rs
+pub(crate) use listen_file::parse_listen_file;
+pub use program::{run_trampoline, ProgramSpec, TRAMPOLINE_ARG};
+pub use readiness::ReadyMode;
 pub use supervise::{run, Inherited};
 
 /// Ends this process by `signal`, as the program ended ([`Outcome::Signal`]):

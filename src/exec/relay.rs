@@ -20,18 +20,18 @@ use crate::notify::MAX_FDS_PER_MESSAGE;
 
 /// A datagram from the program.
 #[derive(Debug)]
-pub struct RelayMessage {
+pub(crate) struct RelayMessage {
     /// The sender's pid, when the kernel reported it.
-    pub sender_pid: Option<u32>,
+    pub(crate) sender_pid: Option<u32>,
     /// The raw text.
-    pub text: String,
+    pub(crate) text: String,
     /// Descriptors attached (for `FDSTORE=1`).
-    pub fds: Vec<OwnedFd>,
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 impl RelayMessage {
     /// The value of `FIELD=` in the message, if present.
-    pub fn field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.text.lines().find_map(|line| {
             line.strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix('='))
@@ -41,7 +41,7 @@ impl RelayMessage {
 
 /// A bound notification socket for one program.
 #[derive(Debug)]
-pub struct NotifyRelay {
+pub(crate) struct NotifyRelay {
     socket: OwnedFd,
     address: String,
 }
@@ -50,7 +50,7 @@ impl NotifyRelay {
     /// Binds a fresh abstract socket with an unguessable name, close-on-exec
     /// and non-blocking, with `SO_PASSCRED` so each message carries its
     /// sender.
-    pub fn bind() -> io::Result<NotifyRelay> {
+    pub(crate) fn bind() -> io::Result<NotifyRelay> {
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
         let name = format!(
@@ -76,12 +76,12 @@ impl NotifyRelay {
     }
 
     /// The `NOTIFY_SOCKET` value for the program.
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.address
     }
 
     /// Reads one pending message; `None` when there is none.
-    pub fn recv(&self) -> io::Result<Option<RelayMessage>> {
+    pub(crate) fn recv(&self) -> io::Result<Option<RelayMessage>> {
         let mut buf = vec![0u8; 4096];
         let mut space = [MaybeUninit::<u8>::uninit();
             rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE), ScmCredentials(1))];

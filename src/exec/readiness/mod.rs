@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracing::{debug, warn};
 
-pub use mode::{HttpCheck, ReadyCheck, ReadyMode};
+pub use mode::ReadyMode;
+pub(crate) use mode::{HttpCheck, ReadyCheck};
 
 use crate::listen::NamedFd;
 use crate::sys::sock_diag::SockDiag;
@@ -45,7 +46,7 @@ use probe::{probe_address, Target};
 
 /// The longest one run of a `command:` check may take; it is killed (with
 /// its process group) after that, and tried again.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many listeners whose proof failed a timeout message describes one
 /// by one; the rest are named in brief.
 const DESCRIBED_MAX: usize = 5;

@@ -10,16 +10,14 @@ use std::time::Duration;
 ///
 /// Whatever the checks, a generation is ready only once a process of it
 /// accepted a probe on each of its stream listeners (the proof of
-/// [`ReadyCheck::Accept`]), except those [`ReadyCheck::Unproven`] names:
+/// `accept`), except those `unproven:` names:
 /// `notify`, `exec`, `delay:` and `command:` alone would trust the program,
 /// the clock or the command, and could hand over to a generation that never
 /// accepts. Datagram listeners cannot be proven this way.
 ///
 /// ```
-/// use fdstore::exec::{ReadyCheck, ReadyMode};
+/// use fdstore::exec::ReadyMode;
 /// let mode: ReadyMode = "notify+http:/health".parse().unwrap();
-/// assert_eq!(mode.checks().len(), 2);
-/// assert_eq!(mode.checks()[0], ReadyCheck::Notify);
 /// assert_eq!(mode.to_string(), "notify+http:/health");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +27,7 @@ pub struct ReadyMode {
 
 /// One readiness check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadyCheck {
+pub(crate) enum ReadyCheck {
     /// The program sends `READY=1` to its `NOTIFY_SOCKET`.
     Notify,
     /// Ready as soon as it has started.
@@ -56,23 +54,23 @@ pub enum ReadyCheck {
 
 /// What `http:[NAME]/PATH[,STATUS]` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpCheck {
+pub(crate) struct HttpCheck {
     /// The listener to ask (every stream listener when `None`).
-    pub listener: Option<String>,
+    pub(crate) listener: Option<String>,
     /// The path of the `GET` request, starting with `/`.
-    pub path: String,
+    pub(crate) path: String,
     /// The status the answer must have (any 2xx when `None`).
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
 }
 
 impl ReadyMode {
     /// The checks, in the order given.
-    pub fn checks(&self) -> &[ReadyCheck] {
+    pub(crate) fn checks(&self) -> &[ReadyCheck] {
         &self.checks
     }
 
     /// Whether a `READY=1` from the program is one of the checks.
-    pub fn wants_notify(&self) -> bool {
+    pub(crate) fn wants_notify(&self) -> bool {
         self.checks.contains(&ReadyCheck::Notify)
     }
 }
