@@ -21,7 +21,6 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     sendmsg_addr, socket_with, AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
@@ -493,19 +492,22 @@ fn wait_for_hangup(read_end: &OwnedFd, timeout: Duration) -> Result<(), NotifyEr
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let left = rustix::time::Timespec::try_from(left).ok();
-        let mut fds = [PollFd::new(read_end, PollFlags::IN)];
-        match poll(&mut fds, left.as_ref()) {
-            Ok(0) => return Err(NotifyError::BarrierTimeout(timeout)),
-            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => return Ok(()),
-            // Something was written to the pipe: not the manager's way; keep
-            // waiting for the hang-up.
-            Ok(_) => {
-                let mut buf = [0u8; 64];
-                let _ = rustix::io::read(read_end, &mut buf);
+        let readable =
+            crate::sys::poll::wait_readable(&[read_end.as_fd()], Some(left)).map_err(|source| {
+                NotifyError::Io {
+                    action: "waiting for the barrier",
+                    source,
+                }
+            })?;
+        if readable[0] {
+            // End of file: every write end is closed. Data instead is not
+            // the manager's way: read it and keep waiting for the hang-up.
+            let mut buf = [0u8; 64];
+            match rustix::io::read(read_end, &mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) | Err(Errno::INTR) | Err(Errno::AGAIN) => {}
+                Err(e) => return Err(io_error("waiting for the barrier")(e)),
             }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(io_error("waiting for the barrier")(e)),
         }
         if Instant::now() >= deadline {
             return Err(NotifyError::BarrierTimeout(timeout));

@@ -321,6 +321,24 @@ fn barrier_times_out_when_the_peer_holds_the_descriptor() {
 }
 
 #[test]
+fn barrier_data_on_the_descriptor_is_not_the_hang_up() {
+    let (peer, address) = Peer::at_path();
+    let n = Notifier::connect(&address).unwrap();
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let (_, fds) = peer.recv();
+        rustix::io::write(&fds[0], b"x").unwrap();
+        // Held until the barrier has given up.
+        let _ = wait_done.recv();
+        drop(fds);
+    });
+    let err = n.barrier(Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, NotifyError::BarrierTimeout(_)), "{err}");
+    done.send(()).unwrap();
+    writer.join().unwrap();
+}
+
+#[test]
 fn sending_to_a_missing_socket_is_an_error() {
     let n = Notifier::connect("/nonexistent/fdstore/notify").unwrap();
     let err = n.ready().unwrap_err();

@@ -757,25 +757,17 @@ fn exchange(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut resets = 0;
     loop {
-        use rustix::event::{poll, PollFd, PollFlags};
-        let mut fds = vec![PollFd::new(socket, PollFlags::IN)];
-        if let Some(fd) = interrupt.as_ref() {
-            fds.push(PollFd::new(fd, PollFlags::IN));
-        }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
             return Err(io::Error::from(io::ErrorKind::TimedOut).into());
         }
-        let left = left.and_then(|l| rustix::time::Timespec::try_from(l).ok());
-        match poll(&mut fds, left.as_ref()) {
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(io::Error::from(e).into()),
-        }
-        if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
+        let mut fds = vec![socket.as_fd()];
+        fds.extend(interrupt);
+        let readable = crate::sys::poll::wait_readable(&fds, left)?;
+        if readable.get(1) == Some(&true) {
             return Ok(None);
         }
-        if fds[0].revents().is_empty() {
+        if !readable[0] {
             continue;
         }
         let mut buf = [0u8; MAX_MESSAGE];
