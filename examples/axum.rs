@@ -23,7 +23,7 @@
 //!   `admin=unix:/run/app/admin.sock`): `GET /health`, `POST /upgrade`.
 //!
 //! The fdstore glue is the lines marked `// fdstore`, 12 of them (every line
-//! that names fdstore or the upgrader is marked; `tests/serve.rs` checks and
+//! that names fdstore or the upgrader is marked; `tests/integration/serve.rs` checks and
 //! counts): the `reload` command, the upgrader and its options, two
 //! listeners, readiness, serving with the drain, and what the handlers use
 //! (the generation, the upgrade the admin API offers).

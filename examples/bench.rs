@@ -22,7 +22,7 @@
 //! fdstore-exec's resident memory, its wake-ups while idle, and the time to
 //! hand over 1,000 listeners against one.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

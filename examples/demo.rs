@@ -5,7 +5,7 @@
 //!
 //! Exits 0 when no request failed and every reload ended as expected.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-"""The ASGI application of tests/servers.rs, run by gunicorn's
+"""The ASGI application of tests/integration/servers.rs, run by gunicorn's
 uvicorn.workers.UvicornWorker.
 
 It answers every request with the version found in the file `version` next

@@ -1,4 +1,4 @@
-"""The WSGI application of tests/servers.rs, run by gunicorn.
+"""The WSGI application of tests/integration/servers.rs, run by gunicorn.
 
 It answers every request with the version found in the file `version` next
 to it when it was imported. The version `broken` fails at import, as an

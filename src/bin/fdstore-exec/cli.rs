@@ -1,6 +1,6 @@
 //! The command line of `fdstore-exec`, kept apart from `main` so that the
 //! manual page and the shell completions can be generated from it
-//! (`tests/generated.rs`).
+//! (`tests/integration/generated.rs`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The server recipes of `units/` (gunicorn, gunicorn with uvicorn workers,
 //! lighttpd) run as shipped, but for the paths and the port, by
-//! `tests/servers.rs` and the benchmark; and `wrk`, the third-party load
+//! `tests/integration/servers.rs` and the benchmark; and `wrk`, the third-party load
 //! generator they are measured with.
 
 use std::path::{Path, PathBuf};

@@ -9,8 +9,6 @@
 //! `refuse` fails the reload as busy (exit 75, the count in the message)
 //! while the serving generation keeps serving.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::app::{fdstore_exec, main_pid};
-use support::load::{Load, Mode};
-use support::{example, free_port, wait_for, Systemd};
+use crate::support::app::{fdstore_exec, main_pid};
+use crate::support::load::{Load, Mode};
+use crate::support::{example, free_port, wait_for, Systemd};
 
 const BOUND: usize = 3;
 const RELOADS: usize = 20;

@@ -1,13 +1,13 @@
 //! The harness runs the version it claims, and what differs between the
 //! versions under test.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::{main_pid, start_app, wait_gone};
+use crate::support::{
+    answer, environ_var, pidfd_id, report_lines, wait_for, Systemd, Traffic, Version,
+};
 use fdstore::protocol::handover::parent_of;
-use support::app::{main_pid, start_app, wait_gone};
-use support::{answer, environ_var, pidfd_id, report_lines, wait_for, Systemd, Traffic, Version};
 
 /// The manager's own `Version` property names the version asked for, its
 /// services see neither `LD_LIBRARY_PATH` nor the unpacked tree's glibc (a
@@ -35,7 +35,7 @@ fn the_manager_is_the_version_asked_for(sd: &Systemd) {
     }
     let manager = sd.manager_pid();
     sd.ok(&["daemon-reexec"]);
-    support::wait_for(
+    crate::support::wait_for(
         "the re-executed manager to run",
         std::time::Duration::from_secs(20),
         || {

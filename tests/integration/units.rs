@@ -6,14 +6,12 @@
 //! the Debian package) the pair runs `/usr/bin/fdstore-exec` as written in
 //! the unit instead of the freshly built binary.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::load::{Load, Mode};
+use crate::support::{free_port, wait_for, Systemd, Version, Visible};
 use fdstore::protocol::handover::parent_of;
-use support::load::{Load, Mode};
-use support::{free_port, wait_for, Systemd, Version, Visible};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -123,7 +121,7 @@ fn installed() -> bool {
 /// program (`hello_http` standing in for `/usr/bin/app`), its configuration
 /// file, and, unless testing the installed package, fdstore-exec.
 fn shipped_pair(dir: &Visible, port: u16) -> (String, String) {
-    let app = dir.copy_executable(&support::example("hello_http"), "app");
+    let app = dir.copy_executable(&crate::support::example("hello_http"), "app");
     let exec = if installed() {
         "/usr/bin/fdstore-exec".to_owned()
     } else {
@@ -172,7 +170,7 @@ fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
     }
     // The hardening is in force (NoNewPrivileges=, a private mount namespace).
     assert_eq!(
-        support::proc_status(first, "NoNewPrivs:").as_deref(),
+        crate::support::proc_status(first, "NoNewPrivs:").as_deref(),
         Some("1")
     );
     assert_ne!(

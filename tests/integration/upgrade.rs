@@ -4,22 +4,20 @@
 //! broken version, upgrade on the program's own call, and end a generation
 //! that does not drain by its deadline.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::{fdstore_exec, main_pid, wait_gone};
+use crate::support::load::{Load, Mode};
+use crate::support::{assert_names_itself, environ_var, example, free_port, wait_for, Systemd};
 use fdstore::protocol::handover::parent_of;
-use support::app::{fdstore_exec, main_pid, wait_gone};
-use support::load::{Load, Mode};
-use support::{assert_names_itself, environ_var, example, free_port, wait_for, Systemd};
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
-    support::http::get(port, path, Duration::from_secs(60))
+    crate::support::http::get(port, path, Duration::from_secs(60))
 }
 
 /// Asserts that the load saw no failed request.
-fn assert_no_failures(report: &support::load::LoadReport) {
+fn assert_no_failures(report: &crate::support::load::LoadReport) {
     assert_eq!(
         report.failed(),
         0,

@@ -1,11 +1,9 @@
 //! fdstore-exec runs one generation of a program under real systemd:
 //! listeners, environment, readiness, status, stop and crash behaviour.
 
-mod support;
-
+use crate::support::{answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd};
 use std::path::Path;
 use std::time::Duration;
-use support::{answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd};
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")

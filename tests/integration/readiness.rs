@@ -8,14 +8,12 @@
 //! those. Only a proof that the new generation accepts may hand over, and
 //! every mode includes it unless `unproven` says otherwise.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::app::{fdstore_exec, main_pid, start_app, unit, wait_gone, App};
-use support::load::{Load, Mode};
-use support::{answer, example, free_port, report_lines, wait_for, Systemd, Traffic};
+use crate::support::app::{fdstore_exec, main_pid, start_app, unit, wait_gone, App};
+use crate::support::load::{Load, Mode};
+use crate::support::{answer, example, free_port, report_lines, wait_for, Systemd, Traffic};
 
 /// The "last reload took N ms" of the unit's status text.
 fn last_reload_ms(sd: &Systemd) -> u64 {

@@ -8,15 +8,13 @@
 //! The attacker is a Python program run as `nobody` through `setpriv`
 //! (root for the client-count bound, which counts root's clients too).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use support::app::{fdstore_exec, main_pid, start_app};
-use support::load::{Load, Mode};
-use support::{example, free_port, report_lines, wait_for, Systemd, Version};
+use crate::support::app::{fdstore_exec, main_pid, start_app};
+use crate::support::load::{Load, Mode};
+use crate::support::{example, free_port, report_lines, wait_for, Systemd, Version};
 
 /// The attacker. `squat REPORT PIDS START`: binds the legacy name and a
 /// token name for every pid in PIDS (comma-separated), the legacy name of
@@ -302,7 +300,7 @@ fn install_library(sd: &Systemd) -> u16 {
 
 /// One `GET /` on a new connection: the body, or what failed.
 fn get(port: u16) -> Result<String, String> {
-    support::http::get(port, "/", Duration::from_secs(20))
+    crate::support::http::get(port, "/", Duration::from_secs(20))
 }
 
 /// Point 2: the same squatter before a library service starts. Today's
@@ -479,9 +477,9 @@ fn a_notification_flood_from_outside_is_bounded_in_the_journal(sd: &Systemd) {
 /// and later), has no window: 60 tries, never failed.
 fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit(sd: &Systemd) {
     let port = free_port();
-    let app = support::app::App::new(sd);
+    let app = crate::support::app::App::new(sd);
     app.version("receive serve web ready");
-    let text = support::app::unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), "")
+    let text = crate::support::app::unit(&app, &format!("--listen web=tcp:127.0.0.1:{port}"), "")
         .replace("Type=notify\n", "Type=notify-reload\n")
         .lines()
         .filter(|l| !l.starts_with("ExecReload="))
@@ -567,7 +565,7 @@ fn stall_channel_reads(pid: u32) -> Running {
             .expect("strace is needed (Debian package strace)"),
     );
     wait_for("strace to attach", Duration::from_secs(10), || {
-        support::proc_status(pid, "TracerPid:")
+        crate::support::proc_status(pid, "TracerPid:")
             .is_some_and(|t| t.trim() != "0")
             .then_some(())
     });
@@ -592,7 +590,7 @@ fn a_new_generation_that_stalls_after_becoming_main_leaves_one_generation(sd: &S
     let first = main_pid(sd);
     let gate = sd.path("gate");
     app.version(&format!("receive serve web await {} ready", gate.display()));
-    let reload = std::thread::spawn(move || support::app::reload_command(first));
+    let reload = std::thread::spawn(move || crate::support::app::reload_command(first));
     wait_for("generation 2 to start", Duration::from_secs(20), || {
         (app.starts().len() == 2).then_some(())
     });
@@ -618,13 +616,13 @@ fn a_new_generation_that_stalls_after_becoming_main_leaves_one_generation(sd: &S
     );
     assert_eq!(main_pid(sd), successor);
     // The old generation drains and ends while the new one still stalls.
-    support::app::wait_gone(&first.to_string());
-    assert!(support::app::alive(&successor.to_string()));
+    crate::support::app::wait_gone(&first.to_string());
+    assert!(crate::support::app::alive(&successor.to_string()));
     drop(tracer);
     wait_for(
         "the new generation to serve",
         Duration::from_secs(20),
-        || (support::answer(port) == format!("pid {}", app.starts()[1])).then_some(()),
+        || (crate::support::answer(port) == format!("pid {}", app.starts()[1])).then_some(()),
     );
     assert_eq!(main_pid(sd), successor);
     assert_eq!(sd.show("app.service", "ActiveState"), "active");
@@ -653,14 +651,14 @@ fn a_library_generation_that_stalls_after_becoming_main_is_not_killed(sd: &Syste
     sd.ok(&["start", "app.service"]);
     let first = main_pid(sd);
     std::fs::write(&config, "slow-start\n").unwrap();
-    let reload = std::thread::spawn(move || support::app::reload_command(first));
+    let reload = std::thread::spawn(move || crate::support::app::reload_command(first));
     let successor = wait_for("generation 2 to start", Duration::from_secs(20), || {
         sd.unit_processes("app.service").into_iter().find(|&p| {
             p != first
                 && std::fs::read_link(format!("/proc/{p}/exe"))
                     .is_ok_and(|e| e.ends_with("upgrade_std"))
                 // Not the intermediate process (a fork of the old one).
-                && support::proc_status(p, "PPid:").and_then(|v| v.parse::<i32>().ok())
+                && crate::support::proc_status(p, "PPid:").and_then(|v| v.parse::<i32>().ok())
                     == Some(sd.manager_pid())
                 && channel_inodes(p).len() == 1
         })
@@ -675,8 +673,8 @@ fn a_library_generation_that_stalls_after_becoming_main_is_not_killed(sd: &Syste
         )),
         "{stderr}"
     );
-    support::app::wait_gone(&first.to_string());
-    assert!(support::app::alive(&successor.to_string()));
+    crate::support::app::wait_gone(&first.to_string());
+    assert!(crate::support::app::alive(&successor.to_string()));
     assert_eq!(main_pid(sd), successor);
     drop(tracer);
     wait_for(

@@ -10,13 +10,11 @@
 //! `libsystemd.so.0` (262, which runs on Debian 12's glibc) and calls its
 //! `sd_listen_fds()` and `sd_notify()`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::app::{fdstore_exec, wait_gone};
-use support::{
+use crate::support::app::{fdstore_exec, wait_gone};
+use crate::support::{
     answer, assert_names_itself, free_port, pidfd_id, report_lines, wait_for, wait_for_line,
     Systemd, Traffic, Version,
 };

@@ -5,13 +5,13 @@
 //! outcome and the test that shows it (the ones not here are in
 //! exec_handover.rs).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::{main_pid, reload_command, start_app, unit, wait_gone, App};
+use crate::support::{
+    answer, free_port, proc_status, report_lines, wait_for, Systemd, Traffic, Version,
+};
 use rustix::process::{kill_process, Pid, Signal};
-use support::app::{main_pid, reload_command, start_app, unit, wait_gone, App};
-use support::{answer, free_port, proc_status, report_lines, wait_for, Systemd, Traffic, Version};
 
 /// Restart after a crash, quickly, as a production unit would.
 const RESTART: &str = "Restart=on-failure\nRestartSec=100ms\n";
@@ -24,7 +24,7 @@ fn kill(pid: u32, signal: Signal) {
 /// killed process had accepted and not yet answered, at most one per client
 /// thread. A refused connection is never acceptable: the listener stays open
 /// (socket unit or fd store) and new connections queue in its backlog.
-fn assert_only_in_flight_lost(count: &support::TrafficCount, clients: u64) {
+fn assert_only_in_flight_lost(count: &crate::support::TrafficCount, clients: u64) {
     println!(
         "{} requests answered, {} failed: {:?}",
         count.ok, count.failed, count.failures

@@ -6,7 +6,7 @@
 //! and run by `tests/package` after it installed the package:
 //!
 //! ```text
-//! cargo test --test package_upgrade -- --ignored
+//! cargo test --test integration -- --ignored package_upgrade::
 //! ```
 //!
 //! The package is `tests/hello-package`, built twice. Its maintainer scripts
@@ -16,14 +16,12 @@
 //! `--system` into `--user` and logs every call, so that they reach the
 //! private manager (offline calls with `--root=` run unchanged).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::load::{Load, Mode};
-use support::{free_port, Systemd, Version};
+use crate::support::load::{Load, Mode};
+use crate::support::{free_port, Systemd, Version};
 
 const UNIT: &str = "fdstore-hello.service";
 
@@ -65,7 +63,11 @@ fn build_package(work: &Path, version: u32, port: u16) -> PathBuf {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hello-package"),
         &source,
     );
-    std::fs::copy(support::example("hello_http"), source.join("fdstore-hello")).unwrap();
+    std::fs::copy(
+        crate::support::example("hello_http"),
+        source.join("fdstore-hello"),
+    )
+    .unwrap();
     std::fs::write(
         source.join("greeting"),
         format!("hello from package version {version}\n"),

@@ -4,15 +4,13 @@
 //! directly, with environments and files a careless or hostile set-up could
 //! give them; the `on_each_systemd!` scenarios run under real systemd.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::app::{alive, fdstore_exec, main_pid, unit, wait_gone, App};
-use support::systemd::run_with_timeout;
-use support::{answer, free_port, probe, report_lines, wait_for, Systemd};
+use crate::support::app::{alive, fdstore_exec, main_pid, unit, wait_gone, App};
+use crate::support::systemd::run_with_timeout;
+use crate::support::{answer, free_port, probe, report_lines, wait_for, Systemd};
 
 /// `sh -c SCRIPT` with the fdstore-exec and probe paths as `$FE` and `$PROBE`.
 fn shell(script: &str) -> Command {

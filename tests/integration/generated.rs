@@ -2,18 +2,18 @@
 //! the manual pages `man/fdstore-exec*.1` (clap_mangen) and the shell
 //! completions under `completions/` (clap_complete).
 //!
-//! `cargo test --test generated` fails when a checked-in file differs from
-//! what the current command line generates; regenerate them with
+//! `cargo test --test integration generated::` fails when a checked-in file
+//! differs from what the current command line generates; regenerate them with
 //!
 //! ```text
-//! FDSTORE_REGENERATE=1 cargo test --test generated
+//! FDSTORE_REGENERATE=1 cargo test --test integration generated::
 //! ```
 //!
 //! It also renders every page under `man/` with mandoc and groff and fails on
 //! any warning.
 
 #[allow(dead_code)]
-#[path = "../src/bin/fdstore-exec/cli.rs"]
+#[path = "../../src/bin/fdstore-exec/cli.rs"]
 mod cli;
 
 use std::path::{Path, PathBuf};
@@ -261,7 +261,7 @@ fn checked_in_files_are_current() {
     assert!(
         stale.is_empty(),
         "stale generated files: {stale:?}; the command line changed. Regenerate with \
-         `FDSTORE_REGENERATE=1 cargo test --test generated` and commit them"
+         `FDSTORE_REGENERATE=1 cargo test --test integration generated::` and commit them"
     );
 }
 

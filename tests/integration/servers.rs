@@ -11,14 +11,12 @@
 //! whoever reloads, and fdstore-exec must not lose more. gunicorn's sync
 //! workers drain without loss: there the bound is 0.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::load::{Load, LoadReport, Mode};
-use support::servers::{Recipe, Wrk, WrkReport, RECIPES};
-use support::{free_port, wait_for, Systemd, Visible};
+use crate::support::load::{Load, LoadReport, Mode};
+use crate::support::servers::{Recipe, Wrk, WrkReport, RECIPES};
+use crate::support::{free_port, wait_for, Systemd, Visible};
 
 /// Reloads per measured phase (`FDSTORE_SERVERS_RELOADS` for the figures
 /// of fdstore-servers(7), default 3), and the pause after each.
@@ -194,7 +192,7 @@ fn workers(sd: &Systemd, unit: &str) -> Vec<u32> {
 }
 
 fn parent(pid: u32) -> Option<u32> {
-    support::proc_status(pid, "PPid:")?.parse().ok()
+    crate::support::proc_status(pid, "PPid:")?.parse().ok()
 }
 
 fn main_pid(sd: &Systemd, unit: &str) -> u32 {

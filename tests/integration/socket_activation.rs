@@ -1,9 +1,7 @@
 //! Socket units' descriptors reach the library under their names and kinds.
 
-mod support;
-
+use crate::support::{free_port, probe, wait_for_line, Systemd};
 use std::io::{BufRead, BufReader};
-use support::{free_port, probe, wait_for_line, Systemd};
 
 fn named_sockets_are_received_by_name_and_kind(sd: &Systemd) {
     let port = free_port();

@@ -2,13 +2,15 @@
 //! the program by a new generation, under traffic, and every way it can fail
 //! leaves the old generation serving.
 
-mod support;
-
+use crate::support::app::{
+    fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App,
+};
+use crate::support::{
+    answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic,
+};
 use fdstore::protocol::handover::parent_of;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::app::{fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App};
-use support::{answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic};
 
 fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
     let (port, app) = start_app(sd, "receive serve web ready", "", "");

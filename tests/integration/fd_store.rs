@@ -1,8 +1,6 @@
 //! Descriptors put into the fd store survive restarts and can be removed.
 
-mod support;
-
-use support::{answer, free_port, probe, report_lines, wait_for_line, Systemd};
+use crate::support::{answer, free_port, probe, report_lines, wait_for_line, Systemd};
 
 fn service(report: &std::path::Path, store_max: u32, actions: &str) -> String {
     format!(

@@ -2,12 +2,10 @@
 //! `--forward-signal` under real systemd, with the signals sent the way an
 //! operator does (`systemctl kill --kill-whom=main`, `systemctl reload`).
 
-mod support;
-
 use std::time::Duration;
 
-use support::app::{fdstore_exec, main_pid, wait_gone};
-use support::{free_port, report_lines, wait_for, Systemd};
+use crate::support::app::{fdstore_exec, main_pid, wait_gone};
+use crate::support::{free_port, report_lines, wait_for, Systemd};
 
 /// A program that records the signals it gets (`got SIG PID`), started
 /// with `--ready exec+unproven` since a shell cannot send READY=1 and this

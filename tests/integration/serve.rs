@@ -6,19 +6,17 @@
 //! what is known; a dropped upgrader costs no CPU; SIGHUP outside a manager
 //! keeps its default.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use support::app::{main_pid, wait_gone};
-use support::load::{Load, LoadReport, Mode};
-use support::{example, free_port, wait_for, Systemd};
+use crate::support::app::{main_pid, wait_gone};
+use crate::support::load::{Load, LoadReport, Mode};
+use crate::support::{example, free_port, wait_for, Systemd};
 
 fn get(port: u16, path: &str) -> Result<String, String> {
-    support::http::get(port, path, Duration::from_secs(30))
+    crate::support::http::get(port, path, Duration::from_secs(30))
 }
 
 fn admin(socket: &Path, request: &str) -> Result<String, String> {
@@ -26,7 +24,7 @@ fn admin(socket: &Path, request: &str) -> Result<String, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
-    support::http::ask(stream, request)
+    crate::support::http::ask(stream, request)
 }
 
 fn assert_no_failures(report: &LoadReport) {
@@ -313,7 +311,7 @@ fn a_dropped_upgrader_uses_no_cpu_and_still_upgrades(sd: &Systemd) {
         "[Service]\nType=notify\nFileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStartSec=30\n\
          ExecStart={} http=tcp:127.0.0.1:{port}\nExecReload={} reload\n",
         example("upgrade_minimal").display(),
-        support::app::fdstore_exec(),
+        crate::support::app::fdstore_exec(),
     );
     sd.install(&[("app.service", &service)]);
     sd.ok(&["start", "app.service"]);

@@ -6,10 +6,8 @@
 //! `--fd 3`, many older daemons) keeps getting the same socket at the same
 //! number.
 
-mod support;
-
-use support::app::{main_pid, unit, wait_gone, App};
-use support::{free_port, wait_for, Systemd};
+use crate::support::app::{main_pid, unit, wait_gone, App};
+use crate::support::{free_port, wait_for, Systemd};
 
 /// The `LISTEN_FDNAMES` of each generation so far, from the probe's report:
 /// the names of its `fd NAME NUMBER ...` lines in descriptor order.

@@ -1,8 +1,6 @@
 //! Notifications from the library reach a real manager.
 
-mod support;
-
-use support::{probe, wait_for_line, Systemd};
+use crate::support::{probe, wait_for_line, Systemd};
 
 fn unit(report: &std::path::Path, extra: &str, actions: &str) -> String {
     format!(
