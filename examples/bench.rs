@@ -22,6 +22,9 @@
 //! fdstore-exec's resident memory, its wake-ups while idle, and the time to
 //! hand over 1,000 listeners against one.
 
+// The integration tests' harness, of which the benchmark uses a part (the
+// manager, the load, free ports): the rest is dead code here.
+#[allow(dead_code)]
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 

@@ -5,6 +5,9 @@
 //!
 //! Exits 0 when no request failed and every reload ended as expected.
 
+// The integration tests' harness, of which the demo uses a part (the
+// manager, the load, free ports): the rest is dead code here.
+#[allow(dead_code)]
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 

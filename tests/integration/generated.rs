@@ -12,7 +12,6 @@
 //! It also renders every page under `man/` with mandoc and groff and fails on
 //! any warning.
 
-#[allow(dead_code)]
 #[path = "../../src/bin/fdstore-exec/cli.rs"]
 mod cli;
 

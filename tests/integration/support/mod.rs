@@ -8,8 +8,6 @@
 //! `systemctl`, reads its journal, and everything is torn down on drop, also
 //! when the test panics. A manager that cannot be started fails the test.
 
-#![allow(dead_code, unused_imports)] // each test binary uses a different part
-
 pub mod app;
 pub mod http;
 pub mod load;
@@ -83,7 +81,9 @@ pub fn example(name: &str) -> PathBuf {
 /// For the demo and the benchmark (run as programs, not tests): the release
 /// `fdstore-exec` and `hello_http` built beside the running example. Exits
 /// with a message naming `script` when one is missing (66) or when not run
-/// as root (77).
+/// as root (77). Not in the test binary (`cfg(test)`), which has no use for
+/// it.
+#[cfg(not(test))]
 pub fn built_programs(tool: &str, script: &str) -> (PathBuf, PathBuf) {
     let exe = std::env::current_exe().expect("own path");
     let bin_dir = exe

@@ -1,9 +1,9 @@
 //! The server recipes of `units/` (gunicorn, gunicorn with uvicorn workers,
 //! lighttpd) run as shipped, but for the paths and the port, by
-//! `tests/integration/servers.rs` and the benchmark; and `wrk`, the third-party load
-//! generator they are measured with.
+//! `tests/integration/servers.rs` and the benchmark; and `wrk`, the
+//! third-party load generator they are measured with.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
