@@ -62,6 +62,59 @@ use crate::{Drain, Upgrader};
 /// are shut down gracefully, by default.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// An error of a service or a body, as hyper takes it.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hyper service that [`Server::hyper`] can serve: a
+/// [`Service`](::hyper::service::Service) of `Request<Incoming>` answering
+/// `Response<B>`, cloned for each connection and sent between threads, so
+/// its futures and bodies are `Send` and `'static`, and its errors and its
+/// body's errors convert into `Box<dyn Error + Send + Sync>`.
+///
+/// Implemented for every such service (`hyper::service::service_fn`,
+/// `hyper_util::service::TowerToHyperService`, ...): it names these bounds
+/// once. The associated types are the service's own.
+pub trait HyperService:
+    ::hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Self::ResponseBody>,
+        Error = Self::ServiceError,
+        Future = Self::ServiceFuture,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The body of its responses (`B`).
+    type ResponseBody: Body<Data = Self::BodyData, Error = Self::BodyError> + Send + 'static;
+    /// The chunks of the body.
+    type BodyData: ::hyper::body::Buf + Send;
+    /// The errors of the body.
+    type BodyError: Into<BoxError>;
+    /// The errors of the service.
+    type ServiceError: Into<BoxError>;
+    /// The future of a response.
+    type ServiceFuture: Send + 'static;
+}
+
+impl<S, B> HyperService for S
+where
+    S: ::hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type ResponseBody = B;
+    type BodyData = B::Data;
+    type BodyError = B::Error;
+    type ServiceError = S::Error;
+    type ServiceFuture = S::Future;
+}
+
 /// A listener to serve on: a tokio TCP or Unix stream listener, as
 /// [`Upgrader::tokio_tcp_listener`] and [`Upgrader::tokio_unix_listener`]
 /// return them.
@@ -142,7 +195,8 @@ impl Server {
         self
     }
 
-    /// Serves the hyper `service` on `listener` until the drain is done.
+    /// Serves the hyper `service` (any [`HyperService`]) on `listener` until
+    /// the drain is done.
     ///
     /// ```no_run
     /// # async fn f(up: fdstore::Upgrader, web: tokio::net::TcpListener) {
@@ -155,18 +209,7 @@ impl Server {
     /// # }
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
-    pub async fn hyper<S, B>(&self, listener: impl Into<Listener>, service: S)
-    where
-        S: ::hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    pub async fn hyper<S: HyperService>(&self, listener: impl Into<Listener>, service: S) {
         let service = CloseWhenDraining {
             inner: service,
             drain: self.drain.clone(),
@@ -214,22 +257,13 @@ impl Server {
         self.hyper(listener, service).await
     }
 
-    async fn accept_loop<L, I, S, B>(
+    async fn accept_loop<L, I>(
         &self,
         listener: L,
         accept: impl for<'a> Fn(&'a L) -> Pin<Box<dyn Future<Output = io::Result<I>> + Send + 'a>>,
-        service: S,
+        service: impl HyperService,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: ::hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut connections = JoinSet::new();
         loop {
@@ -256,15 +290,9 @@ impl Server {
     }
 }
 
-async fn serve_connection<I, S, B>(io: I, service: S, drain: Drain, idle_grace: Duration)
+async fn serve_connection<I>(io: I, service: impl HyperService, drain: Drain, idle_grace: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ::hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
