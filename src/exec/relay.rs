@@ -12,8 +12,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{
-    bind, recvmsg, socket_with, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
-    RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
+    bind, recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    SocketAddrUnix, SocketType,
 };
 
 use crate::notify::MAX_FDS_PER_MESSAGE;
@@ -58,12 +58,8 @@ impl NotifyRelay {
             std::process::id(),
             u64::from_ne_bytes(random)
         );
-        let socket = socket_with(
-            AddressFamily::UNIX,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let socket =
+            crate::sys::socket::nonblocking_socket(AddressFamily::UNIX, SocketType::DGRAM)?;
         sockopt::set_socket_passcred(&socket, true)?;
         bind(
             &socket,

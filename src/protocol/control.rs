@@ -32,8 +32,8 @@ use rustix::io::Errno;
 
 use super::sysexits;
 use rustix::net::{
-    accept_with, bind, connect, listen, recv, send, socket_with, sockopt, AddressFamily, RecvFlags,
-    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    accept_with, bind, connect, listen, recv, send, sockopt, RecvFlags, SendFlags, SocketAddrUnix,
+    SocketFlags,
 };
 
 /// The largest request or reply, in bytes.
@@ -247,12 +247,7 @@ impl ControlServer {
     /// Listens on `@fdstore/control/OWN-PID/TOKEN` with a fresh random
     /// token, close-on-exec and non-blocking.
     pub fn bind() -> io::Result<ControlServer> {
-        let socket = socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let socket = crate::sys::socket::unix_seqpacket()?;
         let mut tries = 0;
         let name = loop {
             let name = format!("{}{}", control_name_prefix(std::process::id()), token()?);
@@ -677,12 +672,7 @@ pub fn connect_verified(pid: u32) -> Result<OwnedFd, ClientError> {
     loop {
         let mut full = Vec::new();
         for name in pending {
-            let socket = socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                None,
-            )?;
+            let socket = crate::sys::socket::unix_seqpacket()?;
             let address = SocketAddrUnix::new_abstract_name(name.as_bytes())?;
             match connect(&socket, &address) {
                 Ok(()) => {}
@@ -880,13 +870,7 @@ mod tests {
     /// endpoints, all under the same pid, so connect_verified could pick
     /// another test's).
     fn connect_to(endpoint: &ControlEndpoint) -> OwnedFd {
-        let socket = socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )
-        .unwrap();
+        let socket = crate::sys::socket::unix_seqpacket().unwrap();
         let address = SocketAddrUnix::new_abstract_name(endpoint.name().as_bytes()).unwrap();
         connect(&socket, &address).unwrap();
         socket

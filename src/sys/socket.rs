@@ -1,13 +1,32 @@
-//! Finding out what kind of object a descriptor refers to.
+//! Creating the sockets that fdstore waits on, and finding out what kind of
+//! object a descriptor refers to.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{fstat, FileType};
 use rustix::io::Errno;
-use rustix::net::{sockopt, AddressFamily, SocketType};
+use rustix::net::{socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
 
 use crate::kind::FdKind;
+
+/// A new socket, close-on-exec (no program started later inherits it) and
+/// non-blocking (it is waited for with [`super::poll`], never blocked on).
+pub(crate) fn nonblocking_socket(family: AddressFamily, ty: SocketType) -> io::Result<OwnedFd> {
+    Ok(socket_with(
+        family,
+        ty,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}
+
+/// A new Unix `SOCK_SEQPACKET` socket, close-on-exec and non-blocking: the
+/// kind of the control socket (fdstore(7) CONTROL), for listening on or
+/// connecting to.
+pub(crate) fn unix_seqpacket() -> io::Result<OwnedFd> {
+    nonblocking_socket(AddressFamily::UNIX, SocketType::SEQPACKET)
+}
 
 /// Describes the object behind `fd`: for a socket its family, type and
 /// whether it is listening (`SO_DOMAIN`, `SO_TYPE`, `SO_ACCEPTCONN`,
@@ -110,6 +129,20 @@ mod tests {
         let (d, _e) = UnixDatagram::pair().unwrap();
         assert_eq!(fd_kind(&d).unwrap(), FdKind::UnixDatagram);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn new_sockets_are_close_on_exec_and_non_blocking() {
+        let seqpacket = unix_seqpacket().unwrap();
+        assert_eq!(fd_kind(&seqpacket).unwrap(), FdKind::UnixSeqpacket);
+        let datagram = nonblocking_socket(AddressFamily::UNIX, SocketType::DGRAM).unwrap();
+        assert_eq!(fd_kind(&datagram).unwrap(), FdKind::UnixDatagram);
+        for fd in [&seqpacket, &datagram] {
+            let fd_flags = rustix::io::fcntl_getfd(fd).unwrap();
+            assert!(fd_flags.contains(rustix::io::FdFlags::CLOEXEC));
+            let status = rustix::fs::fcntl_getfl(fd).unwrap();
+            assert!(status.contains(rustix::fs::OFlags::NONBLOCK));
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{
-    connect, getpeername, getsockname, recv, send, shutdown, socket_with, sockopt, AddressFamily,
-    RecvFlags, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
+    connect, getpeername, getsockname, recv, send, shutdown, sockopt, AddressFamily, RecvFlags,
+    SendFlags, Shutdown, SocketAddrUnix, SocketType,
 };
 
 use super::mode::HttpCheck;
@@ -297,13 +297,8 @@ impl Target {
                 },
             ),
         };
-        let socket = socket_with(
-            family,
-            kind,
-            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| format!("creating a probe socket: {e}"))?;
+        let socket = crate::sys::socket::nonblocking_socket(family, kind)
+            .map_err(|e| format!("creating a probe socket: {e}"))?;
         let connected = match &self.address {
             Address::Tcp(a) => connect(&socket, a),
             Address::Unix { address, .. } => connect(&socket, address),
