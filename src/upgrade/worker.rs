@@ -181,32 +181,12 @@ impl Worker {
         self.drive(Event::Request(requester, facts));
     }
 
-    /// Hands `event` to the reload state machine and carries out what it
-    /// says, feeding the outcomes back.
     fn drive(&mut self, event: Event<Caller>) {
-        let mut queue: VecDeque<Action<Caller>> = self.reload.handle(event, Instant::now()).into();
-        while let Some(action) = queue.pop_front() {
-            // The drain notice lets the program end the process (it may
-            // return from main at once), which ends this thread too: the
-            // requester hears its answer first, or it would see the
-            // connection close without a reply and fail a reload that
-            // handed over.
-            if matches!(action, Action::BeginDrain { .. })
-                && queue.iter().any(|a| matches!(a, Action::Answer(..)))
-            {
-                queue.push_back(action);
-                continue;
-            }
-            if let Some(event) = self.carry_out(action) {
-                // What follows from it comes before the rest.
-                for action in self.reload.handle(event, Instant::now()).into_iter().rev() {
-                    queue.push_front(action);
-                }
-            }
-        }
+        drive(self, event);
     }
 
-    fn carry_out(&mut self, action: Action<Caller>) -> Option<Event<Caller>> {
+    /// Carries out one action of the reload state machine (see [`Effects`]).
+    fn perform(&mut self, action: Action<Caller>) -> Option<Event<Caller>> {
         match action {
             Action::MakeRoom => {
                 let mut older = std::mem::take(&mut self.lock().older);
@@ -402,6 +382,54 @@ impl Worker {
     }
 }
 
+/// What carries out the reload state machine's actions: the worker, or a
+/// unit test's recorder.
+trait Effects<C> {
+    /// The state machine.
+    fn reload(&mut self) -> &mut Reload<C>;
+    /// Carries out `action`; returns the event it leads to, if any.
+    fn carry_out(&mut self, action: Action<C>) -> Option<Event<C>>;
+}
+
+impl Effects<Caller> for Worker {
+    fn reload(&mut self) -> &mut Reload<Caller> {
+        &mut self.reload
+    }
+
+    fn carry_out(&mut self, action: Action<Caller>) -> Option<Event<Caller>> {
+        self.perform(action)
+    }
+}
+
+/// Hands `event` to the reload state machine and carries out what it says,
+/// feeding the outcomes back.
+fn drive<C>(effects: &mut impl Effects<C>, event: Event<C>) {
+    let mut queue: VecDeque<Action<C>> = effects.reload().handle(event, Instant::now()).into();
+    while let Some(action) = queue.pop_front() {
+        // The drain notice lets the program end the process (it may return
+        // from main at once), which ends this thread too: the requester
+        // hears its answer first, or it would see the connection close
+        // without a reply and fail a reload that handed over.
+        if matches!(action, Action::BeginDrain { .. })
+            && queue.iter().any(|a| matches!(a, Action::Answer(..)))
+        {
+            queue.push_back(action);
+            continue;
+        }
+        if let Some(event) = effects.carry_out(action) {
+            // What follows from it comes before the rest.
+            for action in effects
+                .reload()
+                .handle(event, Instant::now())
+                .into_iter()
+                .rev()
+            {
+                queue.push_front(action);
+            }
+        }
+    }
+}
+
 fn kill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -436,5 +464,73 @@ fn answer_caller(caller: Caller, answer: Answer) {
             };
             let _ = reply.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Carries out actions by writing down what a worker would do.
+    struct Recorder {
+        reload: Reload<u32>,
+        done: Vec<String>,
+    }
+
+    impl Effects<u32> for Recorder {
+        fn reload(&mut self) -> &mut Reload<u32> {
+            &mut self.reload
+        }
+
+        fn carry_out(&mut self, action: Action<u32>) -> Option<Event<u32>> {
+            match action {
+                Action::MakeRoom => return Some(Event::Room(Ok(()))),
+                Action::Spawn => return Some(Event::Spawned(Ok(Some(40)))),
+                Action::MakeMain { .. } => return Some(Event::MainPidSent),
+                Action::Answer(client, Answer::Done { .. }) => {
+                    self.done.push(format!("answer ok {client}"))
+                }
+                Action::Answer(client, Answer::Refused(..)) => {
+                    self.done.push(format!("answer refused {client}"))
+                }
+                Action::BeginDrain { successor } => self.done.push(format!("drain {successor}")),
+                _ => {}
+            }
+            None
+        }
+    }
+
+    /// Client 7's reload, driven to "MAINPID= was sent".
+    fn main_sent() -> Recorder {
+        let mut worker = Recorder {
+            reload: Reload::new(3, 30, Duration::from_secs(2)),
+            done: Vec::new(),
+        };
+        let facts = Facts {
+            ready: true,
+            main: true,
+            unsupported: None,
+        };
+        drive(&mut worker, Event::Request(Requester::Client(7), facts));
+        drive(&mut worker, Event::Ready);
+        assert_eq!(worker.reload.in_progress(), Some((4, Some(40))));
+        assert!(worker.done.is_empty(), "{:?}", worker.done);
+        worker
+    }
+
+    // The state machine says drain, then answer; the library's worker
+    // answers first (commit 8145357): the drain notice may end the process.
+    #[test]
+    fn the_requester_hears_ok_before_the_drain_notice() {
+        let mut worker = main_sent();
+        drive(&mut worker, Event::Done);
+        assert_eq!(worker.done, ["answer ok 7", "drain 40"]);
+    }
+
+    #[test]
+    fn the_requester_hears_of_a_failure_after_mainpid_before_the_drain_notice() {
+        let mut worker = main_sent();
+        drive(&mut worker, Event::Gone);
+        assert_eq!(worker.done, ["answer refused 7", "drain 40"]);
     }
 }
