@@ -211,14 +211,7 @@ proptest! {
         prop_assert_eq!(Request::parse("RELOAD\n"), Some(Request::Reload));
         let ok = Reply::Ok(text.clone());
         prop_assert_eq!(Reply::parse(&ok.to_text()), Some(ok));
-        for kind in [
-            Refusal::Busy,
-            Refusal::Denied,
-            Refusal::Failed,
-            Refusal::Stopping,
-            Refusal::Unsupported,
-            Refusal::Invalid,
-        ] {
+        for kind in Refusal::ALL {
             let err = Reply::Err(kind, text.clone());
             prop_assert_eq!(Reply::parse(&err.to_text()), Some(err));
         }

@@ -126,6 +126,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every kind, for parsing and for tests.
+    pub(crate) const ALL: [Refusal; 6] = [
+        Refusal::Busy,
+        Refusal::Denied,
+        Refusal::Failed,
+        Refusal::Stopping,
+        Refusal::Unsupported,
+        Refusal::Invalid,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Refusal::Busy => "busy",
@@ -138,16 +148,7 @@ impl Refusal {
     }
 
     fn parse(text: &str) -> Option<Refusal> {
-        [
-            Refusal::Busy,
-            Refusal::Denied,
-            Refusal::Failed,
-            Refusal::Stopping,
-            Refusal::Unsupported,
-            Refusal::Invalid,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == text)
+        Refusal::ALL.into_iter().find(|r| r.as_str() == text)
     }
 
     /// The sysexits(3) status a client should exit with.
