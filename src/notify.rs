@@ -240,6 +240,14 @@ fn io_error(action: &'static str) -> impl FnOnce(Errno) -> NotifyError {
     }
 }
 
+/// [`check_fd_name`], as a [`NotifyError::BadFdName`].
+fn checked_fd_name(name: &str) -> Result<(), NotifyError> {
+    check_fd_name(name).map_err(|problem| NotifyError::BadFdName {
+        name: name.to_owned(),
+        problem,
+    })
+}
+
 /// Parses a `$NOTIFY_SOCKET` value: an absolute path or `@abstract-name`.
 pub(crate) fn parse_notify_address(value: &str) -> Result<SocketAddrUnix, NotifyError> {
     let bad = |problem: String| NotifyError::BadSocketAddress {
@@ -415,10 +423,7 @@ impl Notifier {
         fds: &[BorrowedFd<'_>],
         poll: FdPoll,
     ) -> Result<Delivery, NotifyError> {
-        check_fd_name(name).map_err(|problem| NotifyError::BadFdName {
-            name: name.to_owned(),
-            problem,
-        })?;
+        checked_fd_name(name)?;
         if !self.is_enabled() {
             return Ok(Delivery::NoManager);
         }
@@ -446,10 +451,7 @@ impl Notifier {
     /// Removes every descriptor stored under `name` (`FDSTOREREMOVE=1`,
     /// systemd 236+).
     pub fn remove_fds(&self, name: &str) -> Result<Delivery, NotifyError> {
-        check_fd_name(name).map_err(|problem| NotifyError::BadFdName {
-            name: name.to_owned(),
-            problem,
-        })?;
+        checked_fd_name(name)?;
         self.send_raw(format!("FDSTOREREMOVE=1\nFDNAME={name}\n").as_bytes(), &[])
     }
 

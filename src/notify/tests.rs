@@ -181,7 +181,16 @@ fn disabled_notifier_reports_no_manager() {
         Delivery::NoManager
     );
     // A bad name is still an error without a manager: it is a bug either way.
-    assert!(n.store_fds("a:b", &[l.as_fd()], FdPoll::Watch).is_err());
+    let stored = n.store_fds("a:b", &[l.as_fd()], FdPoll::Watch);
+    assert!(
+        matches!(&stored, Err(NotifyError::BadFdName { name, .. }) if name == "a:b"),
+        "{stored:?}"
+    );
+    let removed = n.remove_fds("a\nb");
+    assert!(
+        matches!(&removed, Err(NotifyError::BadFdName { name, .. }) if name == "a\nb"),
+        "{removed:?}"
+    );
 }
 
 #[test]
