@@ -34,6 +34,13 @@ use crate::name::check_fd_name;
 /// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
 
+/// The watchdog interval the manager sets for the main process
+/// (`WatchdogSec=`), in microseconds.
+pub(crate) const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The pid the watchdog interval is meant for (`sd_watchdog_enabled()`
+/// ignores `WATCHDOG_USEC` in any other process).
+pub(crate) const WATCHDOG_PID: &str = "WATCHDOG_PID";
+
 /// One state change or request for the service manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -45,7 +45,7 @@ use crate::protocol::control::{busy_text, still_starting_text, Refusal, Reply};
 use crate::protocol::handover::{Channel, Message};
 
 /// Time a new generation gets beyond its ready timeout to finish the
-/// hand-over: its own start (through the intermediate process), the
+/// hand-over: its own start (an exec of fdstore-exec or the program), the
 /// `MAINPID=` change with its [`BARRIER_TIMEOUT`], and `DONE`.
 pub(crate) const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
 

@@ -1,27 +1,31 @@
-//! Starting the next generation of fdstore-exec through a short-lived
-//! intermediate process (`fdstore-exec __spawn`), which starts the new
-//! fdstore-exec and exits at once; the channel and the environment it is
-//! given are those of [`crate::protocol::handover`].
+//! Starting the next generation of fdstore-exec as the manager's child,
+//! with the channel and the environment of [`crate::protocol::handover`].
 
 use std::ffi::OsString;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use crate::listen::{NamedFd, LISTEN_FDS_START};
 use crate::protocol::generations::OlderGenerations;
 use crate::protocol::handover::{Channel, Inheritance, HANDOVER_ENV};
 use crate::protocol::sysexits;
+use crate::sys::spawn::{Spawn, SpawnError};
 
-/// The hidden first argument of the intermediate process.
+/// The hidden first argument of the intermediate process of older
+/// fdstore-exec binaries (see [`run_intermediate`]). No longer used by
+/// this binary, which starts its next generation detached without an
+/// intermediate `exec` (`sys::spawn`), but still accepted: at
+/// the first reload after a package upgrade the old binary still starts
+/// the new one as `NEW __spawn -- NEW __exec -- NEW ARGS`.
 pub const SPAWN_ARG: &str = "__spawn";
 
-/// Starts the next generation: `fdstore_exec __spawn -- fdstore_exec __exec
-/// -- fdstore_exec ARGS...` with the listeners at 3, 4, ... and the channel
-/// after them, then the channels to the older generations still draining.
-/// Returns the intermediate process, which the caller must reap (it exits as
-/// soon as it has started the new process).
+/// Starts the next generation, `fdstore_exec ARGS...`, as our parent's
+/// (the manager's) child, with the listeners at 3, 4, ... and the channel
+/// after them, then the channels to the older generations still draining;
+/// `LISTEN_PID` and `LISTEN_PIDFDID` name it. Returns its pid once it has
+/// exec'ed: the intermediate fork that detaches it has been reaped, so it
+/// is the manager's child before anything is said to the manager.
 pub(crate) fn spawn_successor(
     fdstore_exec: &Path,
     args: &[OsString],
@@ -30,33 +34,27 @@ pub(crate) fn spawn_successor(
     generation: u64,
     managed: &[String],
     older: &OlderGenerations,
-) -> io::Result<Child> {
+) -> Result<u32, SpawnError> {
     let inheritance = Inheritance {
         fd: LISTEN_FDS_START + listeners.len() as i32,
         generation,
         older: older.generations(),
         managed: managed.to_vec(),
     };
-    let mut command = Command::new(fdstore_exec);
+    let mut command = Spawn::new(fdstore_exec);
     command
-        .arg(SPAWN_ARG)
-        .arg("--")
-        .arg(fdstore_exec)
-        .arg(super::program::TRAMPOLINE_ARG)
-        .arg("--")
-        .arg(fdstore_exec)
         .args(args)
         .env(HANDOVER_ENV, inheritance.to_env())
-        .stdin(Stdio::null());
+        .stdin_null();
     super::program::pass_listeners(&mut command, listeners);
     let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
     fds.push(channel.as_fd());
     fds.extend(older.channels());
-    crate::sys::spawn::pass_fds(&mut command, &fds)?;
-    command.spawn()
+    command.spawn_detached(&fds)
 }
 
-/// The intermediate process: starts `args` and exits without waiting for it.
+/// The intermediate process of older binaries (see [`SPAWN_ARG`]): starts
+/// `args` and exits without waiting for it.
 pub fn run_intermediate(args: &[OsString]) -> i32 {
     let Some((program, rest)) = args.split_first() else {
         eprintln!("fdstore-exec: {SPAWN_ARG} needs a program");

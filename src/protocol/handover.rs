@@ -3,9 +3,9 @@
 //! or by the library's upgrader).
 //!
 //! The outgoing main process (the *predecessor*) starts the next generation
-//! through a short-lived intermediate process (`fdstore-exec __spawn`), which
-//! starts the new fdstore-exec and exits at once. The predecessor reaps the
-//! intermediate, so the new process is re-parented to the service manager
+//! through a short-lived intermediate process (a fork of its own that
+//! executes nothing, `sys::spawn`), which forks the new process and
+//! exits at once. The predecessor reaps the intermediate, so the new process is re-parented to the service manager
 //! (the child subreaper) before anyone tells the manager about it: when it
 //! later becomes the main process, the manager supervises it as its own
 //! child.

@@ -16,3 +16,8 @@ pub const PROTOCOL: i32 = 76;
 pub const NOPERM: i32 = 77;
 /// Configuration of the environment is wrong.
 pub const CONFIG: i32 = 78;
+
+/// The program could not be executed (as a shell reports it).
+pub const NOT_EXECUTABLE: i32 = 126;
+/// The program was not found (as a shell reports it).
+pub const NOT_FOUND: i32 = 127;

@@ -3,7 +3,6 @@
 //! from start to outcome, and ends the process at the drain deadline.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{Receiver, Sender};
@@ -25,7 +24,7 @@ use crate::protocol::handover::{
 use crate::reload::{
     successor_events, Action, Answer, Event, Facts, Reload, Requester, BARRIER_TIMEOUT,
 };
-use crate::sys::spawn::{DetachedCommand, ListenIdentity};
+use crate::sys::spawn::Spawn;
 
 /// Who asked for an upgrade, besides a signal.
 enum Caller {
@@ -271,32 +270,19 @@ impl Worker {
             older: state.older.generations(),
             managed: state.managed.clone(),
         };
-        let mut env: Vec<OsString> = std::env::vars_os()
-            .filter(|(k, _)| {
-                !k.to_str()
-                    .is_some_and(|k| k == HANDOVER_ENV || crate::listen::LISTEN_ENV.contains(&k))
-            })
-            .map(|(k, v)| {
-                let mut entry = k;
-                entry.push("=");
-                entry.push(v);
-                entry
-            })
-            .collect();
-        for (var, value) in crate::listen::passing_on(state.listeners.iter().map(|l| l.name())) {
-            env.push(format!("{var}={value}").into());
+        let mut command = Spawn::new(&self.shared.program);
+        command.argv(&self.shared.args);
+        for var in crate::listen::LISTEN_ENV {
+            command.env_remove(var);
         }
-        env.push(format!("{HANDOVER_ENV}={}", inheritance.to_env()).into());
-        let identity = ListenIdentity {
-            pid: true,
-            pidfd_id: crate::listen::pidfd_id_given(),
-        };
-        let command =
-            DetachedCommand::new(&self.shared.program, &self.shared.args, &env, identity)?;
+        for (var, value) in crate::listen::passing_on(state.listeners.iter().map(|l| l.name())) {
+            command.env(var, value);
+        }
+        command.env(HANDOVER_ENV, inheritance.to_env());
         let mut fds: Vec<BorrowedFd<'_>> = state.listeners.iter().map(|l| l.as_fd()).collect();
         fds.push(theirs.as_fd());
         fds.extend(state.older.channels());
-        let pid = command.spawn(&fds)?;
+        let pid = command.spawn_detached(&fds)?;
         Ok((ours, pid))
     }
 

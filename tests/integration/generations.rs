@@ -172,14 +172,12 @@ impl Sampler {
                         continue;
                     };
                     let kind = match (runner, comm.as_str()) {
-                        // A process forked by a generation is the
-                        // generation's child until it execs: not a
-                        // generation. `fdstore-exec reload` is the
-                        // ExecReload= client.
+                        // The intermediate a generation forks is the
+                        // generation's child: not a generation.
+                        // `fdstore-exec reload` is the ExecReload= client.
                         (Runner::Wrapper, "fdstore-exec")
                             if ppid == manager
-                                && !["reload", "status", "__spawn", "__exec"]
-                                    .contains(&arg1.as_str()) =>
+                                && !["reload", "status"].contains(&arg1.as_str()) =>
                         {
                             "generations"
                         }

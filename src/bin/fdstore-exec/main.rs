@@ -46,8 +46,8 @@ fn init_logging() {
     }
 }
 
-/// The path to run again as trampoline (and, later, as the next generation):
-/// the file on disk, so that an upgraded binary takes effect.
+/// The path to run as the next generation: the file on disk, so that an
+/// upgraded binary takes effect.
 fn own_path() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
 }
@@ -110,7 +110,7 @@ fn main() {
         listen: run.listen,
         listen_file: run.listen_file,
         program: ProgramSpec {
-            trampoline: own_path(),
+            fdstore_exec: own_path(),
             program: program.clone(),
             args: program_args.to_vec(),
         },

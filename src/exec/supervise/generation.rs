@@ -1,13 +1,14 @@
 //! The program of this generation: its process, readiness and end.
 
 use std::os::fd::OwnedFd;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use tracing::warn;
 
 use super::super::config::Outcome;
+use crate::sys::spawn::Child;
 
 /// The program of this generation.
 pub(super) struct Generation {

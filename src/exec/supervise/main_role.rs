@@ -194,8 +194,8 @@ impl MainState {
     fn spawn_successor(&mut self, shared: &Shared<'_>) -> Result<(), String> {
         let (ours, theirs) =
             crate::protocol::handover::Channel::pair().map_err(|e| e.to_string())?;
-        let mut intermediate = spawn_successor(
-            &shared.config.program.trampoline,
+        spawn_successor(
+            &shared.config.program.fdstore_exec,
             &shared.config.args,
             &shared.listeners.active,
             theirs,
@@ -204,12 +204,6 @@ impl MainState {
             &self.older,
         )
         .map_err(|e| e.to_string())?;
-        // Reaped before anything is said to the manager, so the new
-        // process is re-parented to it.
-        let status = intermediate.wait().map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("the intermediate process {}", describe(status)));
-        }
         self.handover = Some(ours);
         Ok(())
     }

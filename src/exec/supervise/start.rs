@@ -9,7 +9,7 @@ use tracing::info;
 use super::super::config::{fail, Config, ExecError};
 use super::super::listeners::{all_specs, gather};
 use super::super::log_limit::LogLimit;
-use super::super::program::spawn_program;
+use super::super::program::{failure_status, spawn_program};
 use super::super::readiness::Readiness;
 use super::super::relay::NotifyRelay;
 use super::generation::Generation;
@@ -92,13 +92,8 @@ pub(super) fn start<'c>(
     // generation keeps serving).
     let control = ControlEndpoint::bind()
         .map_err(|e| fail(sysexits::OSERR, format!("binding the control socket: {e}")))?;
-    let child =
-        spawn_program(&config.program, &listeners.active, relay.address()).map_err(|e| {
-            fail(
-                sysexits::OSERR,
-                format!("starting {}: {e}", config.program.trampoline.display()),
-            )
-        })?;
+    let child = spawn_program(&config.program, &listeners.active, relay.address())
+        .map_err(|e| fail(failure_status(&e), e.to_string()))?;
     let pid = child.id();
     let pidfd = pidfd_open(
         Pid::from_raw(pid as i32).expect("a child pid is positive"),
