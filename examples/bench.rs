@@ -6,6 +6,8 @@
 //! Scenarios:
 //! - `handover (socket unit)`, `handover (fd store)`: fdstore-exec, a
 //!   `systemctl reload` every `--interval`;
+//! - `handover (fd store, Type=notify-reload)` and its no-op (systemd 254+
+//!   only): the reload without an `ExecReload=` process, by SIGHUP;
 //! - `restart mode (fd store)`: fdstore-exec `--mode restart`, `systemctl
 //!   restart`;
 //! - `naive restart`: the program binds its own socket, `systemctl restart`;
@@ -44,10 +46,12 @@ const WINDOW_TAIL: Duration = Duration::from_millis(100);
 enum Kind {
     HandoverSocket,
     HandoverStore,
+    HandoverNotifyReload,
     RestartMode,
     NaiveRestart,
     ReuseportOverlap,
     NoopReload,
+    NoopNotifyReload,
     Haproxy,
     ControlKill,
 }
@@ -57,10 +61,12 @@ impl Kind {
         match self {
             Kind::HandoverSocket => "fdstore-exec handover (socket unit)",
             Kind::HandoverStore => "fdstore-exec handover (fd store)",
+            Kind::HandoverNotifyReload => "fdstore-exec handover (fd store, Type=notify-reload)",
             Kind::RestartMode => "fdstore-exec --mode restart (fd store)",
             Kind::NaiveRestart => "naive restart (own socket)",
             Kind::ReuseportOverlap => "SO_REUSEPORT overlap (start new, stop old)",
             Kind::NoopReload => "systemd alone: reload with ExecReload=/bin/true",
+            Kind::NoopNotifyReload => "systemd alone: Type=notify-reload, a no-op reload",
             Kind::Haproxy => "HAProxy master-worker seamless reload (Debian's unit)",
             Kind::ControlKill => "control: server killed once",
         }
@@ -69,8 +75,16 @@ impl Kind {
     fn uses_fdstore_exec(self) -> bool {
         matches!(
             self,
-            Kind::HandoverSocket | Kind::HandoverStore | Kind::RestartMode
+            Kind::HandoverSocket
+                | Kind::HandoverStore
+                | Kind::HandoverNotifyReload
+                | Kind::RestartMode
         )
+    }
+
+    /// Only managers that know `Type=notify-reload` (253+) run it.
+    fn needs_notify_reload(self) -> bool {
+        matches!(self, Kind::HandoverNotifyReload | Kind::NoopNotifyReload)
     }
 }
 
@@ -116,17 +130,28 @@ fn main() {
     let kinds = [
         Kind::HandoverSocket,
         Kind::HandoverStore,
+        Kind::HandoverNotifyReload,
         Kind::RestartMode,
         Kind::NaiveRestart,
         Kind::ReuseportOverlap,
         Kind::NoopReload,
+        Kind::NoopNotifyReload,
         Kind::Haproxy,
         Kind::ControlKill,
     ];
     // A third argument selects scenarios whose label contains it.
     let only = args.get(3).cloned().unwrap_or_default();
     let mut outcomes = Vec::new();
+    let notify_reload = systemd_version().has_notify_reload();
     for kind in kinds.into_iter().filter(|k| k.label().contains(&only)) {
+        if kind.needs_notify_reload() && !notify_reload {
+            println!(
+                "== {}: not on systemd {} (Type=notify-reload needs 253+)",
+                kind.label(),
+                systemd_version().number()
+            );
+            continue;
+        }
         let events = if kind == Kind::ControlKill {
             1
         } else {
@@ -160,7 +185,12 @@ fn main() {
 
     let handover_clean = outcomes
         .iter()
-        .filter(|o| matches!(o.kind, Kind::HandoverSocket | Kind::HandoverStore))
+        .filter(|o| {
+            matches!(
+                o.kind,
+                Kind::HandoverSocket | Kind::HandoverStore | Kind::HandoverNotifyReload
+            )
+        })
         .all(|o| o.event_failures == 0 && o.reports.iter().all(|(_, r)| r.failed() == 0));
     // With no load (FDSTORE_BENCH_CLIENTS=0) there is nothing to count.
     let control_counted = clients() == (0, 0)
@@ -257,6 +287,24 @@ fn units(paths: &Paths, kind: Kind, port: u16, config_path: &Path) -> Vec<(Strin
                 ),
             )]
         }
+        // The reload without a control process: systemd sends SIGHUP to
+        // the main process and waits for RELOADING=1 and READY=1.
+        Kind::HandoverNotifyReload => vec![(
+            "bench.service".into(),
+            format!(
+                "{unit}[Service]\n{}FileDescriptorStoreMax=16\n\
+                 ExecStart={fe} {ready}--listen http=tcp:127.0.0.1:{port},backlog=4096 --drain-timeout 10s -- {server} --config {config}\n",
+                common.replace("Type=notify\n", "Type=notify-reload\n")
+            ),
+        )],
+        // Its floor: the same reload answered at once by the program.
+        Kind::NoopNotifyReload => vec![(
+            "bench.service".into(),
+            format!(
+                "{unit}[Service]\n{}ExecStart={server} --noop-reload --config {config} --bind tcp:127.0.0.1:{port},backlog=4096\n",
+                common.replace("Type=notify\n", "Type=notify-reload\n")
+            ),
+        )],
         Kind::NaiveRestart => vec![(
             "bench.service".into(),
             format!(
@@ -413,9 +461,12 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         let started = Instant::now();
         started_monotonic.push(monotonic_now());
         let ok = match kind {
-            Kind::HandoverSocket | Kind::HandoverStore | Kind::NoopReload | Kind::Haproxy => {
-                sd.systemctl(&["reload", "bench.service"]).status.success()
-            }
+            Kind::HandoverSocket
+            | Kind::HandoverStore
+            | Kind::HandoverNotifyReload
+            | Kind::NoopReload
+            | Kind::NoopNotifyReload
+            | Kind::Haproxy => sd.systemctl(&["reload", "bench.service"]).status.success(),
             Kind::RestartMode | Kind::NaiveRestart => {
                 sd.systemctl(&["restart", "bench.service"]).status.success()
             }
@@ -747,11 +798,14 @@ fn print_table(outcomes: &[Outcome]) {
 
 fn print_extras(outcomes: &[Outcome]) {
     // What `systemctl reload` costs with a no-op ExecReload=: systemctl, the
-    // manager's job and one process start. Every reload pays it.
-    let systemd_alone = outcomes
-        .iter()
-        .find(|o| o.kind == Kind::NoopReload)
-        .and_then(|o| median(o.round_trips.clone()));
+    // manager's job and one process start. Every reload pays it. With
+    // Type=notify-reload there is no process to start: its own no-op.
+    let alone = |kind| {
+        outcomes
+            .iter()
+            .find(|o| o.kind == kind)
+            .and_then(|o| median(o.round_trips.clone()))
+    };
     println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS (anonymous) | idle wake-ups in 5 s |");
     println!("|---|---|---|---|---|---|---|---|");
     let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
@@ -762,10 +816,13 @@ fn print_extras(outcomes: &[Outcome]) {
         let handover99 = quantile_of(o.logged.handover.clone(), 0.99);
         // Overhead: the round trip beyond systemd's own reload, less the
         // time the program itself took to get ready.
+        let systemd_alone = match o.kind {
+            Kind::HandoverSocket | Kind::HandoverStore => alone(Kind::NoopReload),
+            Kind::HandoverNotifyReload => alone(Kind::NoopNotifyReload),
+            _ => None,
+        };
         let overhead = match (rt50, systemd_alone, ready) {
-            (Some(rt), Some(floor), Some(ready))
-                if matches!(o.kind, Kind::HandoverSocket | Kind::HandoverStore) =>
-            {
+            (Some(rt), Some(floor), Some(ready)) => {
                 ms(rt.saturating_sub(floor).saturating_sub(ready))
             }
             _ => "-".into(),

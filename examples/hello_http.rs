@@ -23,6 +23,9 @@
 //!   connections idle for a second (`--drain-idle DURATION`: longer, as a
 //!   server that waits for idle keep-alive clients would), and exits when
 //!   none are left (after 30 s at most).
+//! - `--noop-reload`: a SIGHUP is answered as `Type=notify-reload` asks
+//!   (`RELOADING=1`, then `READY=1`) and changes nothing: the benchmark's
+//!   no-op reload for that unit type.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -45,6 +48,10 @@ fn main() {
     let mut term = SigSet::empty();
     term.add(Signal::SIGTERM);
     term.add(Signal::SIGINT);
+    let noop_reload = std::env::args().any(|a| a == "--noop-reload");
+    if noop_reload {
+        term.add(Signal::SIGHUP);
+    }
     term.thread_block().expect("blocking SIGTERM");
 
     let args: Vec<String> = std::env::args().collect();
@@ -87,7 +94,13 @@ fn main() {
         .set_nonblocking(true)
         .expect("a non-blocking listener");
     std::thread::spawn(move || {
-        let _ = term.wait();
+        // SIGHUP is in the set only with --noop-reload.
+        while let Ok(Signal::SIGHUP) = term.wait() {
+            if let Ok(notifier) = Notifier::from_env() {
+                let _ = notifier.notify(&[Notification::Reloading]);
+                let _ = notifier.notify(&[Notification::Ready]);
+            }
+        }
         DRAINING.store(true, Ordering::SeqCst);
     });
     let option = |name: &str| {
