@@ -1,10 +1,14 @@
 //! The integration tests: one test binary, so that the harness in
 //! `support/` compiles once. Each module was a test binary of its own
-//! before; its tests now share one process with all the others, which is why
-//! everything a test creates is named after the test (and the process), ports
-//! come from one allocator (`support::free_port`) and descriptors are
-//! close-on-exec: a program that a test spawns must not inherit another
-//! test's pipe or socket.
+//! before; its tests now share one process with all the others (two at a
+//! time by default), which is why nothing here changes the process's
+//! environment, signal dispositions or working directory, the files and
+//! sockets a test creates carry its module's name as well as the pid (and a
+//! counter or the systemd version where one module has several), every
+//! manager is the test's own (`support::Systemd::start`), ports come from one
+//! allocator (`support::free_port`), and descriptors are close-on-exec (std's
+//! default): a program one test spawns must not inherit another test's pipe
+//! or socket.
 //!
 //! Run one module with `cargo test --all-features --test integration --
 //! --test-threads=2 MODULE::` (for instance `faults::`).
