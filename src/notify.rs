@@ -487,12 +487,41 @@ impl Notifier {
         if !self.is_enabled() {
             return Ok(Delivery::NoManager);
         }
+        let read_end = self.send_barrier()?;
+        wait_for_hangup(&read_end, timeout)?;
+        Ok(Delivery::Sent)
+    }
+
+    /// Sends `BARRIER=1` without waiting: the manager has processed every
+    /// message sent before once the returned descriptor is readable and
+    /// [`barrier_passed`] says so. `None` without a manager.
+    pub(crate) fn begin_barrier(&self) -> Result<Option<OwnedFd>, NotifyError> {
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        self.send_barrier().map(Some)
+    }
+
+    /// `BARRIER=1` with a pipe's write end; the read end comes back.
+    fn send_barrier(&self) -> Result<OwnedFd, NotifyError> {
         let (read_end, write_end) =
             pipe_with(PipeFlags::CLOEXEC).map_err(io_error("creating the barrier pipe"))?;
         self.send_raw(b"BARRIER=1\n", &[write_end.as_fd()])?;
         drop(write_end);
-        wait_for_hangup(&read_end, timeout)?;
-        Ok(Delivery::Sent)
+        Ok(read_end)
+    }
+}
+
+/// Whether the barrier pipe of [`Notifier::begin_barrier`], readable now,
+/// is at its end: the manager processed what was sent before (call it only
+/// when the pipe polls readable, or it blocks).
+pub(crate) fn barrier_passed(read_end: &OwnedFd) -> Result<bool, NotifyError> {
+    let mut buf = [0u8; 64];
+    match rustix::io::read(read_end, &mut buf) {
+        Ok(0) => Ok(true),
+        // Data is not the manager's way: read it and keep waiting.
+        Ok(_) | Err(Errno::INTR) | Err(Errno::AGAIN) => Ok(false),
+        Err(e) => Err(io_error("waiting for the barrier")(e)),
     }
 }
 
@@ -508,15 +537,9 @@ fn wait_for_hangup(read_end: &OwnedFd, timeout: Duration) -> Result<(), NotifyEr
                     source,
                 }
             })?;
-        if readable[0] {
-            // End of file: every write end is closed. Data instead is not
-            // the manager's way: read it and keep waiting for the hang-up.
-            let mut buf = [0u8; 64];
-            match rustix::io::read(read_end, &mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(_) | Err(Errno::INTR) | Err(Errno::AGAIN) => {}
-                Err(e) => return Err(io_error("waiting for the barrier")(e)),
-            }
+        // End of file: every write end is closed.
+        if readable[0] && barrier_passed(read_end)? {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(NotifyError::BarrierTimeout(timeout));

@@ -265,12 +265,36 @@ impl OlderGenerations {
         serving: u64,
         timeout: Duration,
     ) -> Result<(), String> {
+        let Some(making) = self.begin_room(bound, serving, timeout, Instant::now())? else {
+            return Ok(());
+        };
+        loop {
+            if let Some(made) = self.room_made(&making, Instant::now()) {
+                return made;
+            }
+            let left = making.deadline.saturating_duration_since(Instant::now());
+            let _ = crate::sys::poll::wait_readable(&self.ending(&making), Some(left));
+        }
+    }
+
+    /// Applies `bound` before generation `serving` starts a new one, without
+    /// waiting: `Ok(None)` when there is room, `Ok(Some(_))` when the oldest
+    /// ones were told to end (with [`AtMaxGenerations::KillOldest`]) and have
+    /// until `now + timeout` to be gone (see [`room_made`](Self::room_made)),
+    /// else the reason to refuse the reload as busy.
+    pub(crate) fn begin_room(
+        &mut self,
+        bound: GenerationBound,
+        serving: u64,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<Option<MakingRoom>, String> {
         self.prune();
         let max = bound.max as usize;
         // The serving generation, the draining ones and the new one.
         let excess = (self.list.len() + 2).saturating_sub(max);
         if excess == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if bound.at_max == AtMaxGenerations::Refuse {
             return Err(format!(
@@ -294,32 +318,60 @@ impl OlderGenerations {
             // A failed send means it is gone already.
             let _ = older.channel.send(&Message::End);
         }
-        let deadline = Instant::now() + timeout;
-        while self.list.iter().any(|o| ending.contains(&o.generation)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let late: Vec<u64> = self
-                    .list
-                    .iter()
-                    .map(|o| o.generation)
-                    .filter(|g| ending.contains(g))
-                    .collect();
-                return Err(format!(
-                    "{} did not end within {timeout:?} of being told to, and max-generations {max} leaves no room for another; try again",
-                    named_generations(&late)
-                ));
-            }
-            let watched: Vec<BorrowedFd<'_>> = self
-                .list
-                .iter()
-                .filter(|o| ending.contains(&o.generation))
-                .map(|o| o.watch())
-                .collect();
-            let _ = crate::sys::poll::wait_readable(&watched, Some(left));
-            self.prune();
-        }
-        Ok(())
+        Ok(Some(MakingRoom {
+            ending,
+            deadline: now + timeout,
+            timeout,
+            max,
+        }))
     }
+
+    /// Whether the room `making` waits for is made at `now`: `Ok` once the
+    /// generations told to end are gone, `Err` once its deadline passed,
+    /// `None` while it waits.
+    pub(crate) fn room_made(
+        &mut self,
+        making: &MakingRoom,
+        now: Instant,
+    ) -> Option<Result<(), String>> {
+        self.prune();
+        let late: Vec<u64> = self
+            .generations()
+            .into_iter()
+            .filter(|g| making.ending.contains(g))
+            .collect();
+        if late.is_empty() {
+            return Some(Ok(()));
+        }
+        (now >= making.deadline).then(|| {
+            Err(format!(
+                "{} did not end within {:?} of being told to, and max-generations {} leaves no room for another; try again",
+                named_generations(&late),
+                making.timeout,
+                making.max
+            ))
+        })
+    }
+
+    /// What becomes readable when a generation `making` waits for is gone.
+    pub(crate) fn ending(&self, making: &MakingRoom) -> Vec<BorrowedFd<'_>> {
+        self.list
+            .iter()
+            .filter(|o| making.ending.contains(&o.generation))
+            .map(|o| o.watch())
+            .collect()
+    }
+}
+
+/// Room being made within max-generations: the generations told to end,
+/// and until when they may take (see [`OlderGenerations::begin_room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MakingRoom {
+    ending: Vec<u64>,
+    /// When the reload is refused unless they are gone.
+    pub(crate) deadline: Instant,
+    timeout: Duration,
+    max: usize,
 }
 
 /// Whether the other end of `channel` is closed. Draining generations send
@@ -436,6 +488,38 @@ mod tests {
             .make_room_within(bound, 3, Duration::from_millis(20))
             .unwrap_err();
         assert!(e.contains("generations 1 and 2 did not end"), "{e}");
+    }
+
+    #[test]
+    fn making_room_without_waiting_reports_each_step() {
+        let (mut o, mut far) = olders(3);
+        let bound = GenerationBound::new(3, AtMaxGenerations::KillOldest).unwrap();
+        let now = Instant::now();
+        let timeout = Duration::from_secs(5);
+        let making = o
+            .begin_room(bound, 4, timeout, now)
+            .unwrap()
+            .expect("two generations must end");
+        assert_eq!(making.deadline, now + timeout);
+        // Both were told, and what says they are gone is watched.
+        for c in &far[..2] {
+            assert_eq!(c.recv().unwrap(), Some(Some(Message::End)));
+        }
+        assert_eq!(o.ending(&making).len(), 2);
+        assert_eq!(o.room_made(&making, now), None);
+        // Generation 1 ends; 2 does not before the deadline.
+        far.remove(0);
+        assert_eq!(o.room_made(&making, now), None);
+        let late = o.room_made(&making, now + timeout).unwrap().unwrap_err();
+        assert!(
+            late.contains("generation 2 did not end within 5s"),
+            "{late}"
+        );
+        far.remove(0);
+        assert_eq!(o.room_made(&making, now), Some(Ok(())));
+        assert_eq!(o.generations(), [3]);
+        // Room now: nothing to wait for.
+        assert_eq!(o.begin_room(bound, 4, timeout, now), Ok(None));
     }
 
     #[test]

@@ -264,6 +264,17 @@ pub fn make_main_process(
     pid: u32,
     barrier_timeout: std::time::Duration,
 ) -> Result<(), String> {
+    send_main_pid(notifier, pid)?;
+    if let Err(e) = notifier.barrier(barrier_timeout) {
+        tracing::warn!("waiting for the manager to process MAINPID={pid}: {e}");
+    }
+    Ok(())
+}
+
+/// The checks and the main-PID change of [`make_main_process`], without
+/// the wait for the manager: for an event loop, which follows up with
+/// its own wait for the manager (`BARRIER=1`).
+pub fn send_main_pid(notifier: &crate::Notifier, pid: u32) -> Result<(), String> {
     let exited =
         || format!("the new generation (pid {pid}) exited right after reporting readiness");
     // Kernels before 5.3 have no pidfds: then the pid alone.
@@ -300,9 +311,6 @@ pub fn make_main_process(
         }
     };
     sent.map_err(|e| format!("sending MAINPID={pid}: {e}"))?;
-    if let Err(e) = notifier.barrier(barrier_timeout) {
-        tracing::warn!("waiting for the manager to process MAINPID={pid}: {e}");
-    }
     Ok(())
 }
 

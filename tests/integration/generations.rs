@@ -363,9 +363,50 @@ fn library_refuse(sd: &Systemd) {
     bounded(sd, Runner::Library, AtMax::Refuse);
 }
 
+/// fdstore-exec's loop goes on while a reload waits for room: the oldest
+/// draining generation, stopped (SIGSTOP), cannot end when told to, and the
+/// main process waits for it (up to 5 s) without blocking. Meanwhile it
+/// answers `status`, which names the reload in progress; before, it sat in
+/// that wait and answered only after the reload was refused. Once the old
+/// generation may go on, it ends and the reload completes.
+fn waiting_for_room_blocks_nothing(sd: &Systemd) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let port = start(sd, Runner::Wrapper, AtMax::KillOldest);
+    let first = Pid::from_raw(main_pid(sd) as i32);
+    let mut held = vec![hold(port)];
+    for _ in 0..BOUND - 1 {
+        let (status, stderr) = reload(sd);
+        assert_eq!(status, 0, "{stderr}");
+        held.push(hold(port));
+    }
+    // Generations 1 and 2 drain (held), 3 serves: at the bound.
+    kill(first, Signal::SIGSTOP).unwrap();
+    let (status, stderr, text) = std::thread::scope(|scope| {
+        let reloading = scope.spawn(|| reload(sd));
+        sd.wait_for_journal("ending generation 1 early");
+        let out = std::process::Command::new(fdstore_exec())
+            .args(["status", "--pid", &main_pid(sd).to_string()])
+            .output()
+            .unwrap();
+        kill(first, Signal::SIGCONT).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, stderr) = reloading.join().unwrap();
+        (status, stderr, text)
+    });
+    assert!(
+        text.contains("reloading (generation 4 starting)"),
+        "status during the wait for room: {text:?}"
+    );
+    assert_eq!(status, 0, "{stderr}");
+    sd.wait_for_journal("generation 1 ends early");
+    assert!(request(held.last_mut().unwrap()).is_ok());
+}
+
 on_each_systemd!(
     wrapper_kill_oldest,
     wrapper_refuse,
     library_kill_oldest,
-    library_refuse
+    library_refuse,
+    waiting_for_room_blocks_nothing
 );

@@ -8,15 +8,18 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::super::config::{fail, ExecError, Outcome, STOP_SIGNALS};
+use super::super::config::{fail, ExecError, Outcome};
 use super::super::spawn::spawn_successor;
 use super::generation::describe;
-use super::role::{MainState, Role};
+use super::role::{Barrier, MainState, Role};
 use super::shared::Shared;
+use super::signals::on_signals;
 use crate::listen::NamedFd;
+use crate::notify::barrier_passed;
 use crate::notify::Notification;
 use crate::protocol::control::{ControlConnection, Reply};
-use crate::protocol::handover::{make_main_process, Message};
+use crate::protocol::generations::END_TIMEOUT;
+use crate::protocol::handover::{send_main_pid, Message};
 use crate::protocol::sysexits;
 use crate::reload::{successor_events, Action, Event, Requester, BARRIER_TIMEOUT};
 
@@ -101,9 +104,16 @@ impl MainState {
         let number = shared.generation.number;
         match action {
             Action::MakeRoom => {
-                return vec![Event::Room(
-                    self.older.make_room(shared.config.generations, number),
-                )]
+                let bound = shared.config.generations;
+                match self
+                    .older
+                    .begin_room(bound, number, END_TIMEOUT, Instant::now())
+                {
+                    Ok(None) => return vec![Event::Room(Ok(()))],
+                    Err(refused) => return vec![Event::Room(Err(refused))],
+                    // Reported by on_timers once they are gone, or late.
+                    Ok(Some(making)) => self.making_room = Some(making),
+                }
             }
             Action::NotifyReloading => {
                 let _ = shared.notifier.notify(&[Notification::Reloading]);
@@ -123,26 +133,24 @@ impl MainState {
                 return vec![Event::Spawned(self.spawn_successor(shared).map(|()| None))]
             }
             Action::MakeMain { pid } => {
-                let made = make_main_process(&shared.notifier, pid, BARRIER_TIMEOUT);
-                let mut events = Vec::new();
-                // A stop that raced the MAINPID= message shows up as a
-                // signal to us: the manager then ignored MAINPID=, and the
-                // hand-over ends here (the machine drops MainPidSent). Other
-                // signals wait for the loop.
-                for (signal, sender) in shared.read_signals() {
-                    if STOP_SIGNALS.contains(&signal) {
-                        shared.note_stop(signal, sender);
-                        shared.forward(signal);
-                        events.push(Event::Stop);
-                    } else {
-                        shared.deferred_signals.push((signal, sender));
+                if let Err(reason) = send_main_pid(&shared.notifier, pid) {
+                    return vec![Event::MainPidRefused(reason)];
+                }
+                match shared.notifier.begin_barrier() {
+                    // Reported by on_barrier, once the manager processed it.
+                    Ok(Some(read_end)) => {
+                        self.barrier = Some(Barrier {
+                            read_end,
+                            pid,
+                            deadline: Instant::now() + BARRIER_TIMEOUT,
+                        })
+                    }
+                    Ok(None) => return vec![Event::MainPidSent],
+                    Err(e) => {
+                        warn!("waiting for the manager to process MAINPID={pid}: {e}");
+                        return vec![Event::MainPidSent];
                     }
                 }
-                events.push(match made {
-                    Ok(()) => Event::MainPidSent,
-                    Err(reason) => Event::MainPidRefused(reason),
-                });
-                return events;
             }
             Action::SendMain { took } => {
                 let Some(channel) = &self.handover else {
@@ -156,13 +164,68 @@ impl MainState {
                 }
             }
             // The new generation stops its program when its channel closes.
-            Action::Abandon { .. } => self.handover = None,
+            Action::Abandon { .. } => {
+                self.handover = None;
+                self.barrier = None;
+            }
             Action::Answer(connection, answer) => {
                 let _ = connection.reply(&answer.reply());
             }
             Action::BeginDrain { .. } => unreachable!("drive hands over"),
         }
         Vec::new()
+    }
+
+    /// The manager's barrier pipe is readable: `MAINPID=` was processed
+    /// when it is at its end.
+    pub(super) fn on_barrier(self, shared: &mut Shared<'_>) -> Role {
+        match self.barrier.as_ref().map(|b| barrier_passed(&b.read_end)) {
+            Some(Ok(true)) => self.barrier_done(shared),
+            Some(Err(e)) => {
+                warn!("waiting for the manager to process MAINPID=: {e}");
+                self.barrier_done(shared)
+            }
+            Some(Ok(false)) | None => Role::Main(self),
+        }
+    }
+
+    /// The wait for the manager after `MAINPID=` ended (or timed out): a
+    /// stop that raced the MAINPID= message shows up as a signal to us
+    /// (the manager then ignored MAINPID=): the signals come first, and the
+    /// machine drops MainPidSent after a stop.
+    fn barrier_done(mut self, shared: &mut Shared<'_>) -> Role {
+        self.barrier = None;
+        match on_signals(shared, Role::Main(self)) {
+            Role::Main(main) => main.drive(shared, Event::MainPidSent),
+            other => other,
+        }
+    }
+
+    /// The waits of a reload that have deadlines or no descriptor of their
+    /// own (room made, the barrier's timeout), then the machine's tick.
+    pub(super) fn on_timers(mut self, shared: &mut Shared<'_>, now: Instant) -> Role {
+        if let Some(making) = &self.making_room {
+            if let Some(made) = self.older.room_made(making, now) {
+                self.making_room = None;
+                return match self.drive(shared, Event::Room(made)) {
+                    Role::Main(main) => main.on_timers(shared, now),
+                    other => other,
+                };
+            }
+        }
+        if let Some(barrier) = &self.barrier {
+            if now >= barrier.deadline {
+                warn!(
+                    "waiting for the manager to process MAINPID={}: no answer within {BARRIER_TIMEOUT:?}",
+                    barrier.pid
+                );
+                return match self.barrier_done(shared) {
+                    Role::Main(main) => main.on_timers(shared, now),
+                    other => other,
+                };
+            }
+        }
+        self.drive(shared, Event::Tick)
     }
 
     /// Handed over to `successor`: this generation drains; the actions the

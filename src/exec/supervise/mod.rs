@@ -36,7 +36,6 @@ use tracing::info;
 use super::config::{fail, Config, ExecError, Outcome, SignalRoles};
 use crate::protocol::handover::Message;
 use crate::protocol::sysexits;
-use crate::reload::Event;
 use crate::sys::poll::wait_readable;
 
 mod control;
@@ -163,10 +162,6 @@ fn run_loop(mut shared: Shared<'_>, mut role: Role) -> Result<Outcome, ExecError
                 Flow::End(end) => return Ok(end),
             };
         }
-        // Signals read while the machine was busy (see MainState::drive).
-        if !shared.deferred_signals.is_empty() {
-            role = on_signals(&mut shared, role);
-        }
         // Every wake-up: accepts, reads requests, drops silent clients.
         role = on_control(&mut shared, role);
     }
@@ -181,9 +176,6 @@ fn next_wake(shared: &Shared<'_>, role: &Role) -> Option<Duration> {
         wakes.extend(shared.readiness.as_ref().and_then(|r| r.next_wake(now)));
     }
     wakes.extend(role.next_wake(now, shared.generation.exited.is_some()));
-    if !shared.deferred_signals.is_empty() {
-        wakes.push(now);
-    }
     wakes
         .into_iter()
         .min()
@@ -210,13 +202,14 @@ fn dispatch(shared: &mut Shared<'_>, role: Role, source: Source) -> Result<Flow,
             main.on_predecessor(shared);
             Role::Main(main)
         }
+        (Source::Barrier, Role::Main(main)) => main.on_barrier(shared),
         (Source::SuccessorLink, Role::Draining(mut d)) => {
             d.on_successor_link(shared);
             Role::Draining(d)
         }
         // Control: served once per wake-up, after the other sources.
-        // Readiness: the checks move on in check_timers, at the top of the
-        // loop. Anything else belongs to a role this process just left.
+        // Readiness, Room: the checks move on in check_timers, at the top
+        // of the loop. Anything else belongs to a role this process just left.
         (_, role) => role,
     };
     Ok(Flow::Go(role))
@@ -235,7 +228,7 @@ fn check_timers(shared: &mut Shared<'_>, role: Role) -> Result<Flow, ExecError> 
         }
     }
     match role {
-        Role::Main(main) => Ok(Flow::Go(main.drive(shared, Event::Tick))),
+        Role::Main(main) => Ok(Flow::Go(main.on_timers(shared, now))),
         Role::Draining(mut d) => Ok(match d.check_timers(shared, now) {
             Some(end) => Flow::End(end),
             None => Flow::Go(Role::Draining(d)),

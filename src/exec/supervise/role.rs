@@ -11,11 +11,12 @@
 //! a role ends with it: a draining generation has no control socket and no
 //! reload machine, a successor no hand-over channel to a newer generation.
 
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::super::relay::RelayMessage;
 use crate::protocol::control::{ControlConnection, ControlEndpoint};
-use crate::protocol::generations::OlderGenerations;
+use crate::protocol::generations::{MakingRoom, OlderGenerations};
 use crate::protocol::handover::Channel;
 use crate::reload::Reload;
 
@@ -67,6 +68,23 @@ pub(super) struct MainState {
     pub(super) older: OlderGenerations,
     /// The last reload's outcome, for the status text.
     pub(super) last_reload: Option<String>,
+    /// During a reload at max-generations: the oldest generations were told
+    /// to end, and the machine waits for [`crate::reload::Event::Room`].
+    pub(super) making_room: Option<MakingRoom>,
+    /// During a reload: `MAINPID=` was sent, and the machine waits for
+    /// [`crate::reload::Event::MainPidSent`] until the manager processed it.
+    pub(super) barrier: Option<Barrier>,
+}
+
+/// The wait for the manager to process `MAINPID=` (`BARRIER=1`), polled
+/// instead of waited for, so that the loop goes on.
+pub(super) struct Barrier {
+    /// Readable once the manager closed its copy of the write end.
+    pub(super) read_end: OwnedFd,
+    /// The new main process.
+    pub(super) pid: u32,
+    /// When to go on without the manager's word (a warning).
+    pub(super) deadline: Instant,
 }
 
 /// How a drain ends.
@@ -144,6 +162,8 @@ impl SuccessorState {
             predecessor: Some(self.predecessor),
             older,
             last_reload: Some(format!("last reload took {took_ms} ms")),
+            making_room: None,
+            barrier: None,
         };
         (main, self.queued, counted)
     }
@@ -167,6 +187,8 @@ impl MainState {
             predecessor: None,
             older: OlderGenerations::default(),
             last_reload: None,
+            making_room: None,
+            barrier: None,
         }
     }
 
@@ -291,7 +313,11 @@ impl Role {
         let mut wakes = Vec::new();
         match self {
             Role::Successor(_) => {}
-            Role::Main(m) => wakes.extend(m.reload.deadline()),
+            Role::Main(m) => {
+                wakes.extend(m.reload.deadline());
+                wakes.extend(m.making_room.as_ref().map(|r| r.deadline));
+                wakes.extend(m.barrier.as_ref().map(|b| b.deadline));
+            }
             Role::Draining(d) => wakes.extend(d.next_wake(now, program_exited)),
         }
         wakes.extend(self.control().and_then(ControlEndpoint::next_wake));

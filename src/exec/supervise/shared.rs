@@ -34,9 +34,6 @@ pub(super) struct Shared<'c> {
     pub(super) readiness: Option<Readiness>,
     /// The journal lines about notifications from outside the unit.
     pub(super) outsiders: LogLimit,
-    /// Signals read while the loop could not handle them (during the
-    /// `MAINPID=` change); handled next.
-    pub(super) deferred_signals: Vec<(Signal, u32)>,
 }
 
 impl Shared<'_> {
@@ -79,7 +76,7 @@ impl Shared<'_> {
 
     /// The signals that arrived, with their senders.
     pub(super) fn read_signals(&mut self) -> Vec<(Signal, u32)> {
-        let mut signals = std::mem::take(&mut self.deferred_signals);
+        let mut signals = Vec::new();
         while let Ok(Some(info)) = self.signal_fd.read_signal() {
             if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
                 signals.push((signal, info.ssi_pid));

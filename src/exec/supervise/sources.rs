@@ -23,6 +23,11 @@ pub(super) enum Source {
     Readiness(usize),
     /// The channel to the newer generations (draining).
     SuccessorLink,
+    /// What says an older generation told to end is gone (main, making
+    /// room within max-generations).
+    Room(usize),
+    /// The manager's barrier pipe (main, after `MAINPID=`).
+    Barrier,
 }
 
 /// The sources to poll now: those of every role, and the role's own.
@@ -54,6 +59,12 @@ impl Role {
                 if m.predecessor.is_some() {
                     sources.push(Source::Predecessor);
                 }
+                if let Some(making) = &m.making_room {
+                    sources.extend((0..m.older.ending(making).len()).map(Source::Room));
+                }
+                if m.barrier.is_some() {
+                    sources.push(Source::Barrier);
+                }
             }
             Role::Draining(d) => {
                 if d.successor_link.is_some() {
@@ -82,6 +93,10 @@ impl Source {
             (Source::SuccessorLink, Role::Draining(d)) => {
                 d.successor_link.as_ref().expect(LISTED).as_fd()
             }
+            (Source::Room(i), Role::Main(m)) => {
+                m.older.ending(m.making_room.as_ref().expect(LISTED))[i]
+            }
+            (Source::Barrier, Role::Main(m)) => m.barrier.as_ref().expect(LISTED).read_end.as_fd(),
             (source, role) => unreachable!("{source:?} is not polled as {}", role.name()),
         }
     }

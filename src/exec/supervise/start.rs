@@ -122,7 +122,6 @@ pub(super) fn start<'c>(
         stopping: false,
         readiness: Some(readiness),
         outsiders: LogLimit::new(OUTSIDER_LINES, OUTSIDER_WINDOW),
-        deferred_signals: Vec::new(),
     };
     let reload = Reload::new(number, pid, config.ready_timeout);
     Ok((shared, control, reload))

@@ -13,7 +13,7 @@ use super::super::relay::RelayMessage;
 use super::generation::{describe, outcome_of};
 use super::notifications::passed_fields;
 use super::role::{
-    drain_complete, Drain, DrainingState, MainState, Role, SuccessorState, LEFTOVER_CHECK,
+    drain_complete, Barrier, Drain, DrainingState, MainState, Role, SuccessorState, LEFTOVER_CHECK,
     MAX_QUEUED,
 };
 use super::sources::Source;
@@ -155,6 +155,24 @@ fn a_main_process_polls_the_new_generation_only_during_a_reload() {
     main.handover = None;
     main.predecessor = None;
     assert_eq!(Role::Main(main).sources(), idle);
+}
+
+#[test]
+fn a_main_process_polls_the_manager_s_barrier_and_wakes_at_its_deadline() {
+    let mut main = MainState::first(control(), reload());
+    let idle = control_sources(&main.control);
+    let (read_end, _write_end) = rustix::pipe::pipe().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    main.barrier = Some(Barrier {
+        read_end,
+        pid: 1,
+        deadline,
+    });
+    let role = Role::Main(main);
+    let mut expected = idle;
+    expected.push(Source::Barrier);
+    assert_eq!(role.sources(), expected);
+    assert_eq!(role.next_wake(Instant::now(), false), Some(deadline));
 }
 
 #[test]
