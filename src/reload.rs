@@ -1,6 +1,6 @@
 //! The old main process's half of a reload, as a state machine free of I/O.
 //!
-//! fdstore-exec's poll loop (`exec/supervise.rs`) and the library's upgrade
+//! fdstore-exec's poll loop (`exec/supervise/`) and the library's upgrade
 //! thread (`upgrade/worker.rs`) both drive this one machine: they turn what
 //! they see (a control request, a SIGHUP, a message on the hand-over
 //! channel, the deadline, a stop signal) into an [`Event`], and carry out
