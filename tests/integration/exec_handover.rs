@@ -111,6 +111,41 @@ fn listeners_from_socket_units_and_specs_pass_through_without_leaks(sd: &Systemd
     assert_eq!(answer(admin), format!("pid {last}"));
 }
 
+/// The new generation's program cannot be executed (here: not executable):
+/// the exec error reaches the new fdstore-exec from its forked child, which
+/// says so and exits 126, the old one names the error in its status, and
+/// the old generation serves throughout.
+fn a_new_version_that_cannot_be_executed_rolls_back(sd: &Systemd) {
+    use std::os::unix::fs::PermissionsExt;
+    let (port, app) = start_app(sd, "receive serve web ready", "", "");
+    let first = main_pid(sd);
+    let traffic = Traffic::start(port, 2);
+    std::fs::set_permissions(&app.script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sd.systemctl(&["reload", "app.service"]);
+    assert!(!out.status.success(), "the reload must fail");
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_eq!(main_pid(sd), first);
+    assert_eq!(app.starts().len(), 1);
+    sd.wait_for_journal(&format!(
+        "cannot run {}: Permission denied",
+        app.script.display()
+    ));
+    let status = sd.show("app.service", "StatusText");
+    assert!(
+        status.starts_with("generation 1, pid ")
+            && status.contains(&format!(
+                "reload failed: cannot run {}: Permission denied",
+                app.script.display()
+            )),
+        "{status}"
+    );
+    assert_eq!(answer(port), format!("pid {}", app.starts()[0]));
+    std::fs::set_permissions(&app.script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sd.ok(&["reload", "app.service"]);
+    assert_ne!(main_pid(sd), first);
+}
+
 fn a_broken_new_version_rolls_back(sd: &Systemd) {
     let (port, app) = start_app(sd, "receive serve web ready", "", "");
     let first = main_pid(sd);
@@ -628,6 +663,7 @@ on_each_systemd!(
     three_handovers_under_traffic_then_a_graceful_stop,
     listeners_from_socket_units_and_specs_pass_through_without_leaks,
     a_broken_new_version_rolls_back,
+    a_new_version_that_cannot_be_executed_rolls_back,
     a_new_version_that_is_not_ready_in_time_is_killed,
     drain_timeout_ends_with_sigkill,
     reload_from_another_uid_is_refused,
