@@ -530,10 +530,16 @@ impl Prepared {
             envp.len() - 1
         });
         envp.push(std::ptr::null());
+        // For a file without `#!` line: `/bin/sh FILE ARGS...`, FILE filled
+        // in by the child.
+        let mut script: Vec<*const libc::c_char> = Vec::with_capacity(argv.len() + 1);
+        script.push(SHELL.as_ptr());
+        script.push(std::ptr::null());
+        script.extend(argv.iter().skip(1));
         let fail = |step, error| SpawnError::new(&self.program, step, error);
         let pid = match fork() {
             Err(e) => return Err(fail(Step::Fork, e)),
-            Ok(0) => self.child(&argv, &mut envp, pidfd_id_index),
+            Ok(0) => self.child(&argv, &mut script, &mut envp, pidfd_id_index),
             Ok(pid) => pid,
         };
         // Our copy of the write end: end of file once the child (and, when
@@ -575,6 +581,7 @@ impl Prepared {
     fn child(
         &mut self,
         argv: &[*const libc::c_char],
+        script: &mut [*const libc::c_char],
         envp: &mut [*const libc::c_char],
         pidfd_id_index: Option<usize>,
     ) -> ! {
@@ -608,7 +615,7 @@ impl Prepared {
                 None => envp[index] = std::ptr::null(),
             }
         }
-        let errno = exec(&self.candidates, argv, envp);
+        let errno = exec(&self.candidates, argv, script, envp);
         fail_in_child(report, Step::Exec, errno)
     }
 
@@ -734,10 +741,20 @@ fn default_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// The shell that runs a file without a `#!` line, as `execvp(3)` does.
+const SHELL: &std::ffi::CStr = c"/bin/sh";
+
 /// Tries each candidate path as `execvp(3)` does: on to the next one when
 /// it does not exist (or a directory on the way does not), remembering a
-/// permission error. Returns the errno to report (only on failure).
-fn exec(candidates: &[CString], argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
+/// permission error; a file the kernel cannot execute (no `#!` line) runs
+/// under `/bin/sh`, with `script` (`/bin/sh`, a slot for the file, then
+/// `argv[1..]`). Returns the errno to report (only on failure).
+fn exec(
+    candidates: &[CString],
+    argv: &[*const libc::c_char],
+    script: &mut [*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> i32 {
     let mut denied = false;
     let mut last = libc::ENOENT;
     for path in candidates {
@@ -745,7 +762,13 @@ fn exec(candidates: &[CString], argv: &[*const libc::c_char], envp: &[*const lib
         // pointers into NUL-terminated strings that outlive the call, each
         // ending with a null pointer. On success, execve does not return.
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let mut errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if errno == libc::ENOEXEC {
+            script[1] = path.as_ptr();
+            // SAFETY: as above; `script` ends with argv's null pointer.
+            unsafe { libc::execve(SHELL.as_ptr(), script.as_ptr(), envp.as_ptr()) };
+            errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
         match errno {
             libc::EACCES => denied = true,
             libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}

@@ -184,3 +184,17 @@ fn a_detached_process_is_not_our_child() {
         "{reaped:?}"
     );
 }
+
+#[test]
+fn a_file_without_a_shebang_line_runs_under_the_shell_as_with_execvp() {
+    let dir = std::env::temp_dir().join(format!("fdstore-spawn-sh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("script");
+    std::fs::write(&file, "echo \"$0 $1 $2\" >&3\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut command = Spawn::new(&file);
+    command.args(["one", "two"]);
+    let (out, _) = run(&mut command);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out, format!("{} one two\n", file.display()));
+}
