@@ -4,11 +4,11 @@
 //!
 //! The outgoing main process (the *predecessor*) starts the next generation
 //! through a short-lived intermediate process (a fork of its own that
-//! executes nothing, `sys::spawn`), which forks the new process and
-//! exits at once. The predecessor reaps the intermediate, so the new process is re-parented to the service manager
-//! (the child subreaper) before anyone tells the manager about it: when it
-//! later becomes the main process, the manager supervises it as its own
-//! child.
+//! executes nothing, `sys::spawn`), which forks the new process and exits at
+//! once. The predecessor reaps the intermediate, so the new process is
+//! re-parented to the service manager (the child subreaper) before anyone
+//! tells the manager about it: when it later becomes the main process, the
+//! manager supervises it as its own child.
 //!
 //! The new process finds the listeners at descriptors 3, 4, ... under the
 //! usual `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` (and `LISTEN_PIDFDID`)

@@ -75,6 +75,9 @@ fn main() {
         }
     };
     let args: Vec<OsString> = std::env::args_os().collect();
+    // The trampoline and the intermediate of older binaries: this one no
+    // longer starts them, but an old binary starts the new one through them
+    // at the first reload after a package upgrade.
     match args.get(1).and_then(|a| a.to_str()) {
         Some(exec::TRAMPOLINE_ARG) => {
             restore_mask();
