@@ -3,7 +3,7 @@
 use nix::sys::signal::Signal;
 use tracing::info;
 
-use super::super::config::{Mode, STOP_SIGNALS};
+use super::super::config::{Mode, SignalRoles, STOP_SIGNALS};
 use super::role::Role;
 use super::shared::Shared;
 use crate::reload::{Event, Requester};
@@ -16,10 +16,33 @@ pub(super) fn on_signals(shared: &mut Shared<'_>, role: Role) -> Role {
     role
 }
 
+/// What a signal to fdstore-exec asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SignalUse {
+    /// A reload by hand-over (by the main process; ignored by the others).
+    Reload,
+    /// The unit stops: passed to the program.
+    Stop,
+    /// Passed to the program, nothing else.
+    Forward,
+}
+
+/// What `signal` asks for under `mode` and `roles`: in `--mode restart`
+/// the reload signal has no hand-over to start, and is passed on.
+pub(super) fn signal_use(mode: Mode, roles: &SignalRoles, signal: Signal) -> SignalUse {
+    if mode == Mode::Handover && roles.reload == Some(signal) {
+        SignalUse::Reload
+    } else if STOP_SIGNALS.contains(&signal) {
+        SignalUse::Stop
+    } else {
+        SignalUse::Forward
+    }
+}
+
 fn on_signal(shared: &mut Shared<'_>, role: Role, signal: Signal, sender: u32) -> Role {
     let config = shared.config;
-    let reload = config.mode == Mode::Handover && config.signals.reload == Some(signal);
-    if reload {
+    let wanted = signal_use(config.mode, &config.signals, signal);
+    if wanted == SignalUse::Reload {
         return match role {
             Role::Main(main) => {
                 info!(sender, "{signal}: reloading by hand-over");
@@ -31,9 +54,7 @@ fn on_signal(shared: &mut Shared<'_>, role: Role, signal: Signal, sender: u32) -
             }
         };
     }
-    if !STOP_SIGNALS.contains(&signal) {
-        // A forwarded signal (or, in --mode restart, the reload signal,
-        // since there is no hand-over to start).
+    if wanted == SignalUse::Forward {
         info!(
             sender,
             pid = shared.generation.pid(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::super::config::Outcome;
+use super::super::config::{Mode, Outcome, SignalRoles};
 use super::super::relay::RelayMessage;
 use super::generation::{describe, outcome_of};
 use super::notifications::passed_fields;
@@ -16,6 +16,7 @@ use super::role::{
     drain_complete, Barrier, Drain, DrainingState, MainState, Role, SuccessorState, LEFTOVER_CHECK,
     MAX_QUEUED,
 };
+use super::signals::{signal_use, SignalUse};
 use super::sources::Source;
 use super::status::{status_text, StatusFacts};
 use crate::protocol::control::{ControlConnection, ControlEndpoint};
@@ -373,4 +374,43 @@ fn a_clean_exit_before_readiness_is_a_failure() {
 fn the_program_s_end_is_described_in_words() {
     assert_eq!(describe(exited(3)), "exited with status 3");
     assert_eq!(describe(killed(Signal::SIGKILL)), "was killed by SIGKILL");
+}
+
+// ----- signals -----
+
+#[test]
+fn the_reload_signal_reloads_by_hand_over_only_in_handover_mode() {
+    let roles = SignalRoles::default();
+    assert_eq!(
+        signal_use(Mode::Handover, &roles, Signal::SIGHUP),
+        SignalUse::Reload
+    );
+    // No hand-over to start: the program gets it.
+    assert_eq!(
+        signal_use(Mode::Restart, &roles, Signal::SIGHUP),
+        SignalUse::Forward
+    );
+    let other = SignalRoles::new(Some(Signal::SIGUSR2), &[]).unwrap();
+    assert_eq!(
+        signal_use(Mode::Handover, &other, Signal::SIGUSR2),
+        SignalUse::Reload
+    );
+    assert_eq!(
+        signal_use(Mode::Handover, &other, Signal::SIGHUP),
+        SignalUse::Forward
+    );
+}
+
+#[test]
+fn stop_signals_stop_and_the_rest_is_passed_on() {
+    let roles = SignalRoles::default();
+    for mode in [Mode::Handover, Mode::Restart] {
+        for stop in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+            assert_eq!(signal_use(mode, &roles, stop), SignalUse::Stop);
+        }
+        assert_eq!(
+            signal_use(mode, &roles, Signal::SIGUSR1),
+            SignalUse::Forward
+        );
+    }
 }
