@@ -221,9 +221,19 @@ impl OlderGenerations {
         self.list.push(Older::new(generation, channel));
     }
 
-    /// Forgets the generations that are gone.
-    fn prune(&mut self) {
+    /// Forgets the generations that are gone, closing what was held of
+    /// them (their channel and pidfd); returns whether there were any.
+    pub(crate) fn prune(&mut self) -> bool {
+        let before = self.list.len();
         self.list.retain(|o| !o.gone());
+        self.list.len() != before
+    }
+
+    /// What becomes readable when one of them is gone (in their order): a
+    /// main process polls these to let go of a generation as soon as it
+    /// ends, rather than at the next reload.
+    pub(crate) fn watches(&self) -> Vec<BorrowedFd<'_>> {
+        self.list.iter().map(Older::watch).collect()
     }
 
     /// How many older generations are still alive.
@@ -421,6 +431,20 @@ mod tests {
             far.push(other);
         }
         (o, far)
+    }
+
+    #[test]
+    fn a_generation_that_ended_is_let_go_of_when_its_watch_says_so() {
+        let (mut o, mut theirs) = olders(2);
+        assert!(!o.prune(), "nothing ended yet");
+        // The first one's end of the channel closes: it is gone.
+        theirs.remove(0);
+        let readable = crate::sys::poll::wait_readable(&o.watches(), None).unwrap();
+        assert_eq!(readable, [true, false]);
+        assert!(o.prune());
+        assert_eq!(o.generations(), [2]);
+        assert_eq!(o.watches().len(), 1);
+        assert!(!o.prune());
     }
 
     #[test]

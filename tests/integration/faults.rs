@@ -293,6 +293,50 @@ fn a_hundred_reloads_back_to_back_leak_nothing(sd: &Systemd) {
     assert_eq!(zombies_of(main_pid(sd)), Vec::<u32>::new());
 }
 
+/// Once a draining generation is gone, the main process lets go of all it
+/// held of it (the channel and the pidfd it counted it by, within
+/// max-generations): it holds what the first generation held, not one
+/// entry more per generation until the next reload.
+fn what_a_generation_held_of_a_drained_one_is_let_go(sd: &Systemd) {
+    let (port, _app) = start_app(sd, "receive serve web ready", "", "");
+    let first = main_pid(sd);
+    let held = fd_targets(first);
+    for reload in 1..=2 {
+        sd.ok(&["reload", "app.service"]);
+        wait_for("the old generation to end", Duration::from_secs(20), || {
+            (sd.unit_processes("app.service").len() == 2).then_some(())
+        });
+        let main = main_pid(sd);
+        assert_ne!(main, first);
+        // The main process sees the old generation end through its poll
+        // loop, a moment after its processes left the cgroup.
+        let now = wait_for_or_last(
+            Duration::from_secs(10),
+            || fd_targets(main),
+            |fds| fds.len() == held.len(),
+        );
+        assert_eq!(
+            now.len(),
+            held.len(),
+            "after reload {reload}, the main process holds {now:?}; the first generation held {held:?}"
+        );
+    }
+    assert!(answer(port).starts_with("pid "));
+}
+
+/// Calls `f` until `done` accepts its value or `timeout` passes; returns
+/// the last value.
+fn wait_for_or_last<T>(timeout: Duration, f: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let value = f();
+        if done(&value) || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn fd_store_too_small(sd: &Systemd) {
     let (web, admin) = (free_port(), free_port());
     let app = App::new(sd);
@@ -460,6 +504,7 @@ on_each_systemd!(
     fdstore_exec_sigkilled_during_a_hand_over,
     new_generation_sigkilled_during_a_hand_over,
     a_hundred_reloads_back_to_back_leak_nothing,
+    what_a_generation_held_of_a_drained_one_is_let_go,
     fd_store_too_small,
     the_program_closes_a_listener_it_was_given,
     a_listener_that_cannot_be_bound_at_reload,

@@ -203,12 +203,20 @@ fn dispatch(shared: &mut Shared<'_>, role: Role, source: Source) -> Result<Flow,
             Role::Main(main)
         }
         (Source::Barrier, Role::Main(main)) => main.on_barrier(shared),
+        // Whichever of them woke the loop: those that are gone are let go
+        // of together (room being made is checked in check_timers).
+        (Source::Older(_), Role::Main(mut main)) => {
+            if main.older.prune() {
+                main.update_status(shared);
+            }
+            Role::Main(main)
+        }
         (Source::SuccessorLink, Role::Draining(mut d)) => {
             d.on_successor_link(shared);
             Role::Draining(d)
         }
         // Control: served once per wake-up, after the other sources.
-        // Readiness, Room: the checks move on in check_timers, at the top
+        // Readiness: the checks move on in check_timers, at the top
         // of the loop. Anything else belongs to a role this process just left.
         (_, role) => role,
     };

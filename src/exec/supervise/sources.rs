@@ -23,9 +23,9 @@ pub(super) enum Source {
     Readiness(usize),
     /// The channel to the newer generations (draining).
     SuccessorLink,
-    /// What says an older generation told to end is gone (main, making
-    /// room within max-generations).
-    Room(usize),
+    /// What says an older generation is gone (main): it is then let go
+    /// of, and room being made within max-generations may be made.
+    Older(usize),
     /// The manager's barrier pipe (main, after `MAINPID=`).
     Barrier,
 }
@@ -59,9 +59,7 @@ impl Role {
                 if m.predecessor.is_some() {
                     sources.push(Source::Predecessor);
                 }
-                if let Some(making) = &m.making_room {
-                    sources.extend((0..m.older.ending(making).len()).map(Source::Room));
-                }
+                sources.extend((0..m.older.watches().len()).map(Source::Older));
                 if m.barrier.is_some() {
                     sources.push(Source::Barrier);
                 }
@@ -93,9 +91,7 @@ impl Source {
             (Source::SuccessorLink, Role::Draining(d)) => {
                 d.successor_link.as_ref().expect(LISTED).as_fd()
             }
-            (Source::Room(i), Role::Main(m)) => {
-                m.older.ending(m.making_room.as_ref().expect(LISTED))[i]
-            }
+            (Source::Older(i), Role::Main(m)) => m.older.watches()[i],
             (Source::Barrier, Role::Main(m)) => m.barrier.as_ref().expect(LISTED).read_end.as_fd(),
             (source, role) => unreachable!("{source:?} is not polled as {}", role.name()),
         }

@@ -159,6 +159,19 @@ fn a_main_process_polls_the_new_generation_only_during_a_reload() {
 }
 
 #[test]
+fn a_main_process_polls_every_older_generation_to_let_go_of_it_when_it_ends() {
+    let mut main = MainState::first(control(), reload());
+    let idle = control_sources(&main.control);
+    let (two, _theirs_two) = Channel::pair().unwrap();
+    let (three, _theirs_three) = Channel::pair().unwrap();
+    main.older.push(2, two);
+    main.older.push(3, three);
+    let mut expected = idle;
+    expected.extend([Source::Older(0), Source::Older(1)]);
+    assert_eq!(Role::Main(main).sources(), expected);
+}
+
+#[test]
 fn a_main_process_polls_the_manager_s_barrier_and_wakes_at_its_deadline() {
     let mut main = MainState::first(control(), reload());
     let idle = control_sources(&main.control);
