@@ -651,6 +651,9 @@ impl Upgrader {
             // against the bound until it is gone.
             let _ = channel.send(&Message::Done);
             self.lock().older.push(self.shared.generation - 1, channel);
+            // The upgrade thread watches it from its next wake-up on, to
+            // let go of it as soon as it ends.
+            let _ = rustix::io::write(&self.shared.wake, &[0]);
         } else {
             self.notify_ready();
         }

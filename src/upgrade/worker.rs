@@ -101,6 +101,12 @@ impl Worker {
             while let Ok(Command::Upgrade(reply)) = self.commands.try_recv() {
                 self.start_upgrade(Requester::Client(Caller::Call(reply)));
             }
+            // A draining generation that ended is let go of at once (its
+            // channel and pidfd closed), not at the next upgrade.
+            let let_go = self.lock().older.prune();
+            if let_go {
+                self.set_status();
+            }
             self.serve_control();
             self.on_successor();
             self.on_successor_link();
@@ -127,6 +133,16 @@ impl Worker {
         watched.extend(self.control.iter().flat_map(ControlEndpoint::fds));
         watched.extend(self.channel.as_ref().map(|c| c.as_fd()));
         watched.extend(self.successor_link.as_ref().map(|c| c.as_fd()));
+        // Copies, so that the state is not locked while this thread sleeps
+        // (`Upgrader::ready` adds to it, and wakes this thread when it does).
+        let older: Vec<OwnedFd> = self
+            .lock()
+            .older
+            .watches()
+            .into_iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect();
+        watched.extend(older.iter().map(AsFd::as_fd));
         let _ = crate::sys::poll::wait_readable(&watched, timeout);
     }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::support::app::{main_pid, reload_command, start_app, unit, wait_gone, App};
 use crate::support::{
-    answer, free_port, proc_status, report_lines, wait_for, Systemd, Traffic, Version,
+    answer, fd_targets, free_port, proc_status, report_lines, settle, wait_for, Systemd, Traffic,
+    Version,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -175,26 +176,6 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
-/// What each open descriptor of a process is (for failure messages).
-fn fd_targets(pid: u32) -> Vec<String> {
-    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| {
-                let e = e.ok()?;
-                let target = std::fs::read_link(e.path()).ok()?;
-                Some(format!(
-                    "{}: {}",
-                    e.file_name().to_string_lossy(),
-                    target.display()
-                ))
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    targets.sort();
-    targets
-}
-
 /// Zombie processes whose parent is `parent`.
 fn zombies_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -310,7 +291,7 @@ fn what_a_generation_held_of_a_drained_one_is_let_go(sd: &Systemd) {
         assert_ne!(main, first);
         // The main process sees the old generation end through its poll
         // loop, a moment after its processes left the cgroup.
-        let now = wait_for_or_last(
+        let now = settle(
             Duration::from_secs(10),
             || fd_targets(main),
             |fds| fds.len() == held.len(),
@@ -322,19 +303,6 @@ fn what_a_generation_held_of_a_drained_one_is_let_go(sd: &Systemd) {
         );
     }
     assert!(answer(port).starts_with("pid "));
-}
-
-/// Calls `f` until `done` accepts its value or `timeout` passes; returns
-/// the last value.
-fn wait_for_or_last<T>(timeout: Duration, f: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let value = f();
-        if done(&value) || std::time::Instant::now() >= deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn fd_store_too_small(sd: &Systemd) {

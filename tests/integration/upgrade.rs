@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::support::app::{fdstore_exec, main_pid, wait_gone};
 use crate::support::load::{Load, Mode};
-use crate::support::{assert_names_itself, environ_var, example, free_port, wait_for, Systemd};
+use crate::support::{
+    assert_names_itself, environ_var, example, fd_targets, free_port, settle, wait_for, Systemd,
+};
 use fdstore::protocol::handover::parent_of;
 
 /// One `GET path` on a new connection: the response body, or what failed.
@@ -217,6 +219,30 @@ fn the_drain_deadline_ends_the_old_generation(sd: &Systemd) {
     assert!(get(port, "/").unwrap().contains("generation 2)"));
 }
 
+/// Once the old generation is gone, the new one lets go of all it held of
+/// it (the channel and the pidfd it counted it by, within the bound on
+/// generations): it holds what the first generation held, not one entry
+/// more per generation until the next upgrade.
+fn a_drained_generation_is_let_go_of(sd: &Systemd) {
+    let port = start(sd, Example::Std, "5s");
+    let first = main_pid(sd);
+    let held = fd_targets(first);
+    sd.ok(&["reload", "app.service"]);
+    let new = new_main(sd, first);
+    wait_gone(&first.to_string());
+    let now = settle(
+        Duration::from_secs(10),
+        || fd_targets(new),
+        |fds| fds.len() == held.len(),
+    );
+    assert_eq!(
+        now.len(),
+        held.len(),
+        "generation 2 holds {now:?}; generation 1 held {held:?}"
+    );
+    assert!(get(port, "/").unwrap().contains("generation 2)"));
+}
+
 fn reload_by_signal(sd: &Systemd) {
     // 253+: Type=notify-reload sends SIGHUP and waits for RELOADING=1, then
     // READY=1 (from the new main process). On 252 the same SIGHUP is sent by
@@ -294,6 +320,7 @@ fn a_sighup_during_a_reload_leaves_the_reload_state_alone(sd: &Systemd) {
 }
 
 on_each_systemd!(
+    a_drained_generation_is_let_go_of,
     reload_by_signal,
     a_sighup_during_a_reload_leaves_the_reload_state_alone,
     std_example_hands_over_under_traffic,

@@ -178,6 +178,39 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// What each open descriptor of a process is (for failure messages).
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
+/// Calls `f` until `done` accepts its value or `timeout` passes; returns
+/// the last value, for an assertion that shows it when it never settled.
+pub fn settle<T>(timeout: Duration, f: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let value = f();
+        if done(&value) || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the report file has a line for which `matches` is true and
 /// returns it.
 pub fn wait_for_line(
