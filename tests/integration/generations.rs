@@ -110,21 +110,43 @@ fn request(stream: &mut TcpStream) -> Result<(String, bool), String> {
     Ok((String::from_utf8_lossy(&body).trim().to_owned(), keep_alive))
 }
 
-/// An idle keep-alive connection held by the serving generation, as a
-/// browser or a connection pool keeps one: it holds that generation until
+/// Idle keep-alive connections, each held by a different generation, as
+/// browsers and connection pools keep them: each holds its generation until
 /// its drain timeout once it drains.
-fn hold(port: u16) -> TcpStream {
-    wait_for(
-        "a keep-alive connection to the serving generation",
-        Duration::from_secs(5),
-        || {
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            // A generation that just began to drain may still accept, and
-            // then closes: try again.
-            matches!(request(&mut stream), Ok((_, true))).then_some(stream)
-        },
-    )
+#[derive(Default)]
+struct Held {
+    streams: Vec<TcpStream>,
+    /// What each one's generation answered (its pid is in it).
+    answers: Vec<String>,
+}
+
+impl Held {
+    /// One more, held by the serving generation. A generation that just
+    /// began to drain may still accept: it then closes the connection, or
+    /// (before its drain notice) answers as it answered an earlier one;
+    /// either is tried again, so that no generation holds two while a newer
+    /// one holds none and ends by itself.
+    fn add(&mut self, port: u16) {
+        let (stream, answer) = wait_for(
+            "a keep-alive connection to the serving generation",
+            Duration::from_secs(5),
+            || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                match request(&mut stream) {
+                    Ok((answer, true)) if !self.answers.contains(&answer) => Some((stream, answer)),
+                    _ => None,
+                }
+            },
+        );
+        self.streams.push(stream);
+        self.answers.push(answer);
+    }
+
+    /// The one held by the newest generation.
+    fn newest(&mut self) -> &mut TcpStream {
+        self.streams.last_mut().expect("one connection held")
+    }
 }
 
 /// `(comm, parent pid, argv[1])` of a process, if it still exists.
@@ -219,7 +241,8 @@ fn reload(sd: &Systemd) -> (i32, String) {
 
 fn bounded(sd: &Systemd, runner: Runner, at_max: AtMax) {
     let port = start(sd, runner, at_max);
-    let mut held = vec![hold(port)];
+    let mut held = Held::default();
+    held.add(port);
     let sampler = Sampler::start(sd, runner);
     let loads = [
         Load::start(port, Mode::NewConnection, 1),
@@ -232,7 +255,7 @@ fn bounded(sd: &Systemd, runner: Runner, at_max: AtMax) {
         let (status, stderr) = reload(sd);
         *outcomes.entry(status).or_default() += 1;
         match status {
-            0 => held.push(hold(port)),
+            0 => held.add(port),
             75 => refusals.push(stderr),
             other => panic!("reload exited {other}: {stderr}"),
         }
@@ -334,10 +357,9 @@ fn bounded(sd: &Systemd, runner: Runner, at_max: AtMax) {
     }
     // The generations' idle connections: the newest ones are still open and
     // served by their generation; the ended ones were closed.
-    let last = held.last_mut().unwrap();
-    assert!(request(last).is_ok(), "the newest held connection");
+    assert!(request(held.newest()).is_ok(), "the newest held connection");
     if at_max == AtMax::KillOldest {
-        let mut oldest = held.remove(0);
+        let mut oldest = held.streams.remove(0);
         let mut buf = [0u8; 1];
         let _ = oldest.set_read_timeout(Some(Duration::from_secs(5)));
         assert!(
@@ -374,11 +396,12 @@ fn waiting_for_room_blocks_nothing(sd: &Systemd) {
     use nix::unistd::Pid;
     let port = start(sd, Runner::Wrapper, AtMax::KillOldest);
     let first = Pid::from_raw(main_pid(sd) as i32);
-    let mut held = vec![hold(port)];
+    let mut held = Held::default();
+    held.add(port);
     for _ in 0..BOUND - 1 {
         let (status, stderr) = reload(sd);
         assert_eq!(status, 0, "{stderr}");
-        held.push(hold(port));
+        held.add(port);
     }
     // Generations 1 and 2 drain (held), 3 serves: at the bound.
     kill(first, Signal::SIGSTOP).unwrap();
@@ -400,7 +423,7 @@ fn waiting_for_room_blocks_nothing(sd: &Systemd) {
     );
     assert_eq!(status, 0, "{stderr}");
     sd.wait_for_journal("generation 1 ends early");
-    assert!(request(held.last_mut().unwrap()).is_ok());
+    assert!(request(held.newest()).is_ok());
 }
 
 on_each_systemd!(
