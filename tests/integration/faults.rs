@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::support::app::{main_pid, reload_command, start_app, unit, wait_gone, App};
 use crate::support::{
-    answer, fd_targets, free_port, proc_status, report_lines, settle, wait_for, Systemd, Traffic,
-    Version,
+    answer, fd_count, fd_targets, free_port, proc_status, report_lines, settle, wait_for, Systemd,
+    Traffic,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -167,13 +167,6 @@ fn new_generation_sigkilled_during_a_hand_over(sd: &Systemd) {
     // as many programs do): what it had accepted dies with it.
     let count = traffic.stop();
     assert_only_in_flight_lost(&count, 2);
-}
-
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// Zombie processes whose parent is `parent`.
@@ -344,21 +337,6 @@ fn fd_store_too_small(sd: &Systemd) {
 
 /// 254 and later only: 252 does not tell the service its store size (see
 /// fd_store_too_small).
-#[test]
-fn fd_store_too_small_for_a_listener_added_at_reload_systemd_254() {
-    fd_store_too_small_for_a_listener_added_at_reload(&Systemd::start(Version::V254));
-}
-
-#[test]
-fn fd_store_too_small_for_a_listener_added_at_reload_systemd_257() {
-    fd_store_too_small_for_a_listener_added_at_reload(&Systemd::start(Version::V257));
-}
-
-#[test]
-fn fd_store_too_small_for_a_listener_added_at_reload_systemd_262() {
-    fd_store_too_small_for_a_listener_added_at_reload(&Systemd::start(Version::V262));
-}
-
 fn fd_store_too_small_for_a_listener_added_at_reload(sd: &Systemd) {
     let (web, admin) = (free_port(), free_port());
     let app = App::new(sd);
@@ -477,3 +455,5 @@ on_each_systemd!(
     the_program_closes_a_listener_it_was_given,
     a_listener_that_cannot_be_bound_at_reload,
 );
+
+on_each_systemd!(from_254: fd_store_too_small_for_a_listener_added_at_reload);

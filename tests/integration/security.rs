@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::app::{fdstore_exec, main_pid, start_app};
 use crate::support::load::{Load, Mode};
-use crate::support::{example, free_port, report_lines, wait_for, Systemd, Version};
+use crate::support::{example, fd_count, free_port, report_lines, wait_for, Systemd};
 
 /// The attacker. `squat REPORT PIDS START`: binds the legacy name and a
 /// token name for every pid in PIDS (comma-separated), the legacy name of
@@ -371,13 +371,6 @@ fn the_client_over_the_bound_is_told_busy(sd: &Systemd) {
     );
 }
 
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Point 3: `nobody` floods the library's control socket with connections
 /// for 5 s while HTTP clients load the service. Today's main: the process
 /// ran into its descriptor limit (1024), spun at ~150% CPU and failed
@@ -503,21 +496,6 @@ fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit(sd: &Systemd) {
         sd.ok(&["start", "app.service"]);
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-}
-
-#[test]
-fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit_systemd_254() {
-    a_stop_racing_a_reload_never_fails_a_notify_reload_unit(&Systemd::start(Version::V254));
-}
-
-#[test]
-fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit_systemd_257() {
-    a_stop_racing_a_reload_never_fails_a_notify_reload_unit(&Systemd::start(Version::V257));
-}
-
-#[test]
-fn a_stop_racing_a_reload_never_fails_a_notify_reload_unit_systemd_262() {
-    a_stop_racing_a_reload_never_fails_a_notify_reload_unit(&Systemd::start(Version::V262));
 }
 
 /// The inodes of the connected, unnamed `SOCK_SEQPACKET` sockets of
@@ -701,3 +679,5 @@ on_each_systemd!(
     a_new_generation_that_stalls_after_becoming_main_leaves_one_generation,
     a_library_generation_that_stalls_after_becoming_main_is_not_killed,
 );
+
+on_each_systemd!(from_254: a_stop_racing_a_reload_never_fails_a_notify_reload_unit);

@@ -24,8 +24,19 @@ use std::time::{Duration, Instant};
 /// Generates one test per systemd version (252, 254, 257, 262) for each
 /// named scenario function `fn NAME(sd: &Systemd)`: `NAME::systemd_252` and
 /// so on, which cargo runs in parallel as its test threads allow.
+/// `on_each_systemd!(from_254: NAME, ...)` leaves out 252, for what 252
+/// cannot do (each such scenario says why).
 #[macro_export]
 macro_rules! on_each_systemd {
+    (from_254: $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                $crate::on_each_systemd!(@one $name, systemd_254, V254);
+                $crate::on_each_systemd!(@one $name, systemd_257, V257);
+                $crate::on_each_systemd!(@one $name, systemd_262, V262);
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -176,6 +187,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How many descriptors a process has open (0 once it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// What each open descriptor of a process is (for failure messages).
