@@ -3,7 +3,7 @@
 //! leaves the old generation serving.
 
 use crate::support::app::{
-    fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App,
+    assert_new_main, fdstore_exec, main_pid, reload_command, start_app, unit, wait_gone, App,
 };
 use crate::support::{
     answer, free_port, probe, report_lines, wait_for, wait_for_line, Systemd, Traffic,
@@ -19,16 +19,7 @@ fn three_handovers_under_traffic_then_a_graceful_stop(sd: &Systemd) {
     for round in 1..=3 {
         std::thread::sleep(Duration::from_millis(150));
         sd.ok(&["reload", "app.service"]);
-        let main = main_pid(sd);
-        assert!(
-            !mains.contains(&main),
-            "round {round}: MainPID did not change"
-        );
-        assert_eq!(
-            parent_of(main).map(|p| p as i32),
-            Some(sd.manager_pid()),
-            "round {round}: the new main process must be the manager's own child"
-        );
+        let main = assert_new_main(sd, main_pid(sd), &mains, &format!("round {round}"));
         mains.push(main);
         let starts = app.starts();
         assert_eq!(starts.len(), round + 1, "{starts:?}");

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use crate::support::app::{main_pid, start_app, wait_gone};
+use crate::support::app::{assert_new_main, main_pid, start_app, wait_gone};
 use crate::support::{
     answer, environ_var, pidfd_id, report_lines, wait_for, Systemd, Traffic, Version,
 };
-use fdstore::protocol::handover::parent_of;
 
 /// The manager's own `Version` property names the version asked for, its
 /// services see neither `LD_LIBRARY_PATH` nor the unpacked tree's glibc (a
@@ -109,16 +108,7 @@ fn daemon_reexec_between_hand_overs_keeps_the_unit_supervised(sd: &Systemd) {
     let mut mains = vec![main_pid(sd)];
     for round in 1..=3 {
         sd.ok(&["reload", "app.service"]);
-        let main = main_pid(sd);
-        assert!(
-            !mains.contains(&main),
-            "round {round}: MainPID did not change"
-        );
-        assert_eq!(
-            parent_of(main).map(|p| p as i32),
-            Some(sd.manager_pid()),
-            "round {round}: the new main process must be the manager's child"
-        );
+        let main = assert_new_main(sd, main_pid(sd), &mains, &format!("round {round}"));
         mains.push(main);
         wait_gone(&app.starts()[round - 1]);
         if round < 3 {

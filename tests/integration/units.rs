@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::app::assert_new_main;
 use crate::support::load::{Load, Mode};
 use crate::support::{free_port, wait_for, Systemd, Version, Visible};
-use fdstore::protocol::handover::parent_of;
 
 fn fdstore_exec() -> &'static str {
     env!("CARGO_BIN_EXE_fdstore-exec")
@@ -188,16 +188,7 @@ fn shipped_pair_reloads_under_traffic(sd: &Systemd) {
         std::thread::sleep(Duration::from_millis(200));
         std::fs::write(&config, format!("hello from version {version}\n")).unwrap();
         sd.ok(&["reload", "app.service"]);
-        let now = main();
-        assert!(
-            !mains.contains(&now),
-            "reload {version}: MainPID did not change"
-        );
-        assert_eq!(
-            parent_of(now).map(|p| p as i32),
-            Some(sd.manager_pid()),
-            "reload {version}: the new main process must be the manager's child"
-        );
+        let now = assert_new_main(sd, main(), &mains, &format!("reload {version}"));
         mains.push(now);
     }
     // A broken configuration: the reload fails, version 4 keeps serving.

@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use crate::support::app::{fdstore_exec, main_pid, wait_gone};
+use crate::support::app::{assert_new_main, fdstore_exec, main_pid, wait_gone};
 use crate::support::load::{Load, Mode};
 use crate::support::{
     assert_names_itself, environ_var, example, fd_targets, free_port, settle, wait_for, Systemd,
 };
-use fdstore::protocol::handover::parent_of;
 
 /// One `GET path` on a new connection: the response body, or what failed.
 fn get(port: u16, path: &str) -> Result<String, String> {
@@ -32,14 +31,7 @@ fn assert_no_failures(report: &crate::support::load::LoadReport) {
 /// The unit's new main process, after asserting that it replaced `old` and
 /// is the manager's own child.
 fn new_main(sd: &Systemd, old: u32) -> u32 {
-    let main = main_pid(sd);
-    assert_ne!(main, old, "MainPID did not change");
-    assert_eq!(
-        parent_of(main).map(|p| p as i32),
-        Some(sd.manager_pid()),
-        "the new main process {main} must be the manager's own child"
-    );
-    main
+    assert_new_main(sd, main_pid(sd), &[old], "the upgrade")
 }
 
 /// Which example, and how its listener arrives.

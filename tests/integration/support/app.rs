@@ -90,6 +90,19 @@ pub fn main_pid(sd: &Systemd) -> u32 {
     sd.show("app.service", "MainPID").parse().unwrap()
 }
 
+/// `main`, the unit's main process after a reload, once asserted to be a
+/// new one (none of `earlier`) and the manager's own child; `what` names the
+/// reload in the messages.
+pub fn assert_new_main(sd: &Systemd, main: u32, earlier: &[u32], what: &str) -> u32 {
+    assert!(!earlier.contains(&main), "{what}: MainPID did not change");
+    assert_eq!(
+        fdstore::protocol::handover::parent_of(main).map(|p| p as i32),
+        Some(sd.manager_pid()),
+        "{what}: the new main process {main} must be the manager's own child"
+    );
+    main
+}
+
 pub fn alive(pid: &str) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
