@@ -127,7 +127,17 @@ impl Load {
     }
 }
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may take to be established.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the status of an answer may take before the request counts as
+/// stalled ("timeout"). A stall this suite looks for (a connection left in
+/// a listen queue nobody accepts, or held by a process that will never
+/// answer it) lasts until the test ends, so a long bound still finds it;
+/// a short one counted starvation of a loaded CI machine as a stall (a CI
+/// run with gunicorn's own reload taking 7.2 s at most: two requests of the
+/// gthread recipe waited more than 5 s for a worker to be scheduled).
+/// wrk (support::servers) is given the same bound.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn client(port: u16, mode: Mode, stop: &AtomicBool, counters: &Counters) -> LoadReport {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -180,10 +190,10 @@ fn request(
     connection: &mut Option<BufReader<TcpStream>>,
 ) -> Result<String, Failure> {
     if connection.is_none() {
-        let stream =
-            TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| classify(e, "connect"))?;
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| classify(e, "connect"))?;
         stream
-            .set_read_timeout(Some(TIMEOUT))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(|e| classify(e, "set timeout"))?;
         let _ = stream.set_nodelay(true);
         *connection = Some(BufReader::new(stream));

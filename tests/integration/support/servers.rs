@@ -234,7 +234,7 @@ impl Wrk {
                 &format!("-c{connections}"),
                 &format!("-d{}s", limit.as_secs().max(1)),
                 "--timeout",
-                "5s",
+                &format!("{}s", super::load::READ_TIMEOUT.as_secs()),
                 &format!("http://127.0.0.1:{port}/"),
             ])
             .stdout(Stdio::piped())
