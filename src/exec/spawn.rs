@@ -15,7 +15,7 @@ use crate::sys::spawn::{Spawn, SpawnError};
 /// The hidden first argument of the intermediate process of older
 /// fdstore-exec binaries (see [`run_intermediate`]). No longer used by
 /// this binary, which starts its next generation detached without an
-/// intermediate `exec` (`sys::spawn`), but still accepted: at
+/// intermediate process (`sys::spawn`), but still accepted: at
 /// the first reload after a package upgrade the old binary still starts
 /// the new one as `NEW __spawn -- NEW __exec -- NEW ARGS`.
 pub const SPAWN_ARG: &str = "__spawn";
@@ -24,8 +24,8 @@ pub const SPAWN_ARG: &str = "__spawn";
 /// (the manager's) child, with the listeners at 3, 4, ... and the channel
 /// after them, then the channels to the older generations still draining;
 /// `LISTEN_PID` and `LISTEN_PIDFDID` name it. Returns its pid once it has
-/// exec'ed: the intermediate fork that detaches it has been reaped, so it
-/// is the manager's child before anything is said to the manager.
+/// exec'ed: it is the manager's child from its start (one `clone` with
+/// `CLONE_PARENT`), before anything is said to the manager.
 pub(crate) fn spawn_successor(
     fdstore_exec: &Path,
     args: &[OsString],

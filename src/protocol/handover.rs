@@ -3,12 +3,10 @@
 //! or by the library's upgrader).
 //!
 //! The outgoing main process (the *predecessor*) starts the next generation
-//! through a short-lived intermediate process (a fork of its own that
-//! executes nothing, `sys::spawn`), which forks the new process and exits at
-//! once. The predecessor reaps the intermediate, so the new process is
-//! re-parented to the service manager (the child subreaper) before anyone
-//! tells the manager about it: when it later becomes the main process, the
-//! manager supervises it as its own child.
+//! as its own parent's child (one `clone` with `CLONE_PARENT`,
+//! `sys::spawn`), so the new process is the service manager's child from
+//! the start, before anyone tells the manager about it: when it later
+//! becomes the main process, the manager supervises it as its own child.
 //!
 //! The new process finds the listeners at descriptors 3, 4, ... under the
 //! usual `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` (and `LISTEN_PIDFDID`)
@@ -247,8 +245,8 @@ impl Inheritance {
 /// for the manager to process it. The error says why it cannot be.
 ///
 /// The manager supervises a main process as its own child only if it is one
-/// when the change arrives; the intermediate was reaped, so the new process
-/// must have been re-parented to the manager by now.
+/// when the change arrives; the new process was started as our parent's
+/// child, so anything else means our parent is not the manager.
 ///
 /// The new process is named by a pidfd opened before the checks, so that
 /// what the manager is told is the process that was checked:

@@ -35,7 +35,7 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// us. Like `std::process::Command`, but the new process also gets the
 /// variables that name it (`LISTEN_PID`, `LISTEN_PIDFDID`, `WATCHDOG_PID`)
 /// filled in with its own identity between `fork` and `exec`, and it can be
-/// started detached (our parent's child) without an intermediate `exec`.
+/// started detached (our parent's child) without an intermediate process.
 ///
 /// The variables naming the new process follow one rule: `LISTEN_PID` when
 /// the environment has `LISTEN_FDS`, `LISTEN_PIDFDID` beside it when our
@@ -141,14 +141,17 @@ impl Spawn {
     /// Starts the program *detached*, as our parent's child (the service
     /// manager's, for a unit's main process, so that the manager
     /// supervises it once it becomes the main process), with `fds` at 3,
-    /// 4, ... as for [`Spawn::spawn`]: a short-lived intermediate (a fork of
-    /// ours, which never `exec`s) forks the program and exits, and is
-    /// reaped here, so that the program is re-parented to our parent (the
-    /// child subreaper). Returns the program's pid once it has exec'ed.
+    /// 4, ... as for [`Spawn::spawn`]: one `clone` with `CLONE_PARENT`
+    /// makes it our parent's child from the start, with no intermediate
+    /// process. The init of a pid namespace (pid 1 of a container) cannot:
+    /// its parent is outside the namespace, and a process it left behind
+    /// would end with it anyway; that is an error of step
+    /// [`Step::Fork`] saying so. Returns the program's pid once it has
+    /// exec'ed.
     pub(crate) fn spawn_detached<F: AsFd>(&self, fds: &[F]) -> Result<u32, SpawnError> {
         debug_assert!(
             !self.kill_with_parent && !self.process_group,
-            "neither survives the intermediate's fork"
+            "a detached process is our parent's, not tied to us"
         );
         let prepared = self.prepare(fds, Mode::Detached)?;
         prepared.run()
@@ -286,7 +289,7 @@ enum Mode {
 pub(crate) enum Step {
     /// Before the fork, in this process.
     Prepare,
-    /// `fork` (`clone`) itself, here or in the intermediate.
+    /// `fork` (`clone`) itself.
     Fork,
     /// Placing the descriptors, the standard input or the signal mask.
     Descriptors,
@@ -507,9 +510,7 @@ struct Prepared {
     process_group: bool,
 }
 
-/// A report on the pipe: the program's pid (from the intermediate) or a
-/// failed step and its errno.
-const REPORT_PID: u32 = 0;
+/// A report on the pipe: a failed step and its errno.
 const REPORT_LEN: usize = 8;
 
 impl Prepared {
@@ -537,43 +538,28 @@ impl Prepared {
         script.push(std::ptr::null());
         script.extend(argv.iter().skip(1));
         let fail = |step, error| SpawnError::new(&self.program, step, error);
-        let pid = match fork() {
+        let forked = match self.mode {
+            Mode::Attached => fork(),
+            Mode::Detached => fork_as_sibling(),
+        };
+        let pid = match forked {
             Err(e) => return Err(fail(Step::Fork, e)),
             Ok(0) => self.child(&argv, &mut script, &mut envp, pidfd_id_index),
             Ok(pid) => pid,
         };
-        // Our copy of the write end: end of file once the child (and, when
-        // detached, the program) has exec'ed or exited.
+        // Our copy of the write end: end of file once the child has exec'ed
+        // or exited.
         drop(self.report_write.take());
-        let (program_pid, failure) = read_reports(&self.report_read);
-        let child = Pid::from_raw(pid).expect("fork returned a positive pid");
-        let reaped = match (self.mode, &failure) {
-            // The intermediate always exits at once; a failed child too.
-            (Mode::Detached, _) | (Mode::Attached, Some(_)) => {
-                Some(reap(child, WaitOptions::empty()))
+        if let Some((step, errno)) = read_report(&self.report_read) {
+            // A failed child of ours exits at once; a failed sibling is our
+            // parent's to reap.
+            if self.mode == Mode::Attached {
+                let child = Pid::from_raw(pid).expect("fork returned a positive pid");
+                let _ = reap(child, WaitOptions::empty());
             }
-            (Mode::Attached, None) => None,
-        };
-        if let Some((step, errno)) = failure {
             return Err(fail(step, io::Error::from_raw_os_error(errno)));
         }
-        match self.mode {
-            Mode::Attached => Ok(pid as u32),
-            Mode::Detached => match (program_pid, reaped) {
-                (Some(pid), Some(Ok(Some(status)))) if status.success() => Ok(pid),
-                (_, status) => Err(fail(
-                    Step::Fork,
-                    io::Error::other(format!(
-                        "the intermediate process failed ({})",
-                        match status {
-                            Some(Ok(Some(status))) => status.to_string(),
-                            Some(Err(e)) => e.to_string(),
-                            _ => "no status".to_owned(),
-                        }
-                    )),
-                )),
-            },
-        }
+        Ok(pid as u32)
     }
 
     /// The forked side: only system calls on what `prepare` and `run`
@@ -588,17 +574,6 @@ impl Prepared {
         let report = self.report_write.as_ref().map_or(-1, |w| w.as_raw_fd());
         if let Err(errno) = self.set_up() {
             fail_in_child(report, errno.0, errno.1)
-        }
-        if self.mode == Mode::Detached {
-            match fork() {
-                Err(e) => fail_in_child(report, Step::Fork, e.raw_os_error().unwrap_or(0)),
-                Ok(0) => {}
-                Ok(pid) => {
-                    // The intermediate: tell the parent the program's pid, done.
-                    write_report(report, REPORT_PID, pid);
-                    exit_now(0)
-                }
-            }
         }
         let own = rustix::process::getpid().as_raw_nonzero().get() as u64;
         for slot in [&mut self.listen_pid, &mut self.watchdog_pid] {
@@ -653,10 +628,10 @@ impl Prepared {
     }
 }
 
-/// Reads the reports until end of file: the program's pid (detached) and
-/// the first failure, if any.
-fn read_reports(pipe: &OwnedFd) -> (Option<u32>, Option<(Step, i32)>) {
-    let mut buf = [0u8; REPORT_LEN * 4];
+/// Reads the pipe until end of file: the failed step and its errno, if
+/// the child reported one before it ended.
+fn read_report(pipe: &OwnedFd) -> Option<(Step, i32)> {
+    let mut buf = [0u8; REPORT_LEN];
     let mut len = 0;
     while len < buf.len() {
         match rustix::io::read(pipe, &mut buf[len..]) {
@@ -666,17 +641,12 @@ fn read_reports(pipe: &OwnedFd) -> (Option<u32>, Option<(Step, i32)>) {
             Err(_) => break,
         }
     }
-    let (mut pid, mut failure) = (None, None);
-    for report in buf[..len - len % REPORT_LEN].chunks_exact(REPORT_LEN) {
-        let kind = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-        let value = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-        match Step::from_code(kind) {
-            None if kind == REPORT_PID => pid = Some(value as u32),
-            Some(step) if failure.is_none() => failure = Some((step, value)),
-            _ => {}
-        }
+    if len < REPORT_LEN {
+        return None;
     }
-    (pid, failure)
+    let kind = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+    let value = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
+    Step::from_code(kind).map(|step| (step, value))
 }
 
 /// `fork()` as a raw `clone` with only SIGCHLD: without the C library's
@@ -699,6 +669,39 @@ fn fork() -> io::Result<libc::pid_t> {
     };
     if pid < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// `fork()` as [`fork`] does it, but the new process is our parent's child
+/// (`CLONE_PARENT`): its end is signalled to our parent, and it is our
+/// parent's to reap. The kernel refuses it (`EINVAL`) to the init of a pid
+/// namespace, which gets an error saying why.
+fn fork_as_sibling() -> io::Result<libc::pid_t> {
+    // SAFETY: as in `fork`: a copy of this process with only the calling
+    // thread, sharing nothing; CLONE_PARENT changes only whose child it is
+    // (and so who is signalled at its end, with our own exit signal).
+    // Every caller makes only system calls in the child.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EINVAL) {
+            return Err(io::Error::other(
+                "this process is the init of its pid namespace (pid 1 of a container), \
+                 whose children end with it: a hand-over needs a service manager such as \
+                 systemd as the main process's parent, to adopt the new generation",
+            ));
+        }
+        return Err(error);
     }
     Ok(pid as libc::pid_t)
 }

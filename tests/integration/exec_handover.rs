@@ -598,10 +598,12 @@ fn notifications_from_outside_the_unit_are_ignored(sd: &Systemd) {
 fn a_reload_execs_fdstore_exec_once_and_then_the_program(sd: &Systemd) {
     let (port, app) = start_app(sd, "receive serve web ready", "", "");
     let main = main_pid(sd);
+    // One file per process (`-ff`): LOG.PID, so that no call is split.
     let log = sd.path("execs");
     let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-s", "4096", "-e", "trace=execve", "-o"])
+        .args(["-ff", "-qq", "-s", "4096", "-o"])
         .arg(&log)
+        .args(["-e", "trace=execve,fork,vfork,clone,clone3"])
         .args(["-p", &main.to_string()])
         .spawn()
         .expect("strace is needed (Debian package strace)");
@@ -611,6 +613,7 @@ fn a_reload_execs_fdstore_exec_once_and_then_the_program(sd: &Systemd) {
             .then_some(())
     });
     sd.ok(&["reload", "app.service"]);
+    let new_main = main_pid(sd);
     let starts = app.starts();
     assert_eq!(starts.len(), 2, "{starts:?}");
     wait_gone(&starts[0]);
@@ -622,26 +625,77 @@ fn a_reload_execs_fdstore_exec_once_and_then_the_program(sd: &Systemd) {
         .unwrap();
     assert!(killed.success());
     strace.wait().unwrap();
-    let execs = std::fs::read_to_string(&log).unwrap();
-    let ours = execs
+    let traced = traced_processes(&log);
+    let all: String = traced
+        .iter()
+        .map(|(pid, calls)| format!("== {pid}\n{calls}"))
+        .collect();
+    let execs = all
         .lines()
-        .filter(|l| l.contains(&format!("execve(\"{}\"", fdstore_exec())))
+        .filter(|l| l.starts_with("execve("))
+        .collect::<Vec<_>>();
+    let ours = execs
+        .iter()
+        .filter(|l| l.starts_with(&format!("execve(\"{}\"", fdstore_exec())))
         .count();
-    assert_eq!(ours, 1, "fdstore-exec exec'ed {ours} times:\n{execs}");
+    assert_eq!(ours, 1, "fdstore-exec exec'ed {ours} times:\n{all}");
     assert!(
-        !execs.contains("\"__spawn\"") && !execs.contains("\"__exec\""),
-        "{execs}"
+        !all.contains("\"__spawn\"") && !all.contains("\"__exec\""),
+        "{all}"
     );
     let program = execs
-        .lines()
-        .filter(|l| l.contains(&format!("execve(\"{}\"", app.script.display())))
+        .iter()
+        .filter(|l| l.starts_with(&format!("execve(\"{}\"", app.script.display())))
         .count();
-    assert_eq!(program, 1, "{execs}");
+    assert_eq!(program, 1, "{all}");
+    // The old main process starts the new one itself, with one clone and
+    // no intermediate process: the only process it makes.
     assert_eq!(
-        parent_of(main_pid(sd)).map(|p| p as i32),
+        processes_made(&traced, main),
+        vec![new_main],
+        "the old main process must start the new one directly:\n{all}"
+    );
+    assert_eq!(
+        parent_of(new_main).map(|p| p as i32),
         Some(sd.manager_pid()),
         "the new main process must be the manager's own child"
     );
+}
+
+/// What `strace -ff -o LOG` wrote: each traced process's pid and its calls.
+fn traced_processes(log: &Path) -> Vec<(u32, String)> {
+    let dir = log.parent().unwrap();
+    let prefix = format!("{}.", log.file_name().unwrap().to_string_lossy());
+    let mut traced: Vec<(u32, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((pid, std::fs::read_to_string(entry.path()).unwrap()))
+        })
+        .collect();
+    traced.sort();
+    traced
+}
+
+/// The processes (not threads) that process `pid` made, by the pids its
+/// `fork`, `vfork`, `clone` and `clone3` calls returned.
+fn processes_made(traced: &[(u32, String)], pid: u32) -> Vec<u32> {
+    let calls = traced
+        .iter()
+        .find(|(p, _)| *p == pid)
+        .map_or("", |(_, calls)| calls.as_str());
+    calls
+        .lines()
+        .filter(|l| {
+            ["fork(", "vfork(", "clone(", "clone3("]
+                .iter()
+                .any(|call| l.starts_with(call))
+                && !l.contains("CLONE_THREAD")
+        })
+        .filter_map(|l| l.rsplit_once(" = ")?.1.trim().parse().ok())
+        .collect()
 }
 
 on_each_systemd!(

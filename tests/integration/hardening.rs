@@ -464,3 +464,74 @@ on_each_systemd!(
     a_drain_ends_workers_that_outlive_their_master,
     a_removed_listener_is_released_when_a_second_reload_overlaps_the_drain,
 );
+
+/// pid 1 of a container (the init of its pid namespace) cannot start a
+/// new generation as its parent's child, and whatever it leaves behind
+/// ends with it: a reload by SIGHUP fails at once, saying so, and the old
+/// generation keeps serving. (Through the intermediate process of earlier
+/// versions the new generation became pid 1's own child, and the reload
+/// hung until the readiness timeout, 90 s.)
+#[test]
+fn pid_1_of_a_container_refuses_a_reload_and_keeps_serving() {
+    let dir = scratch("pid1");
+    let log = dir.join("stderr");
+    let port = free_port();
+    let mut unshare = Killed(
+        shell(&format!(
+            "exec unshare --pid --fork --kill-child -- \"$FE\" --listen web=tcp:127.0.0.1:{port} \
+         -- \"$PROBE\" --report {} receive serve web ready 2>{}",
+            dir.join("report").display(),
+            log.display()
+        ))
+        .spawn()
+        .expect("unshare is needed (Debian package util-linux)"),
+    );
+    let before = wait_for("the program to answer", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| answer(port))
+    });
+    // fdstore-exec: unshare's child, pid 1 inside.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.0.id())).unwrap();
+    let init = children.split_whitespace().next().expect("unshare's child");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{init}/status"))
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "fdstore-exec is not pid 1 in its namespace"
+    );
+    let hup = Command::new("kill").args(["-HUP", init]).status().unwrap();
+    assert!(hup.success());
+    let said = wait_for("the reload to fail", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("could not start generation").then_some(text)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after = answer(port);
+    let alive_after = alive(init);
+    let _ = Command::new("kill").args(["-TERM", init]).status();
+    let status = unshare.0.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or(said);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        said.contains("init of its pid namespace") && said.contains("needs a service manager"),
+        "{said}"
+    );
+    assert!(alive_after, "fdstore-exec ended:\n{said}");
+    assert_eq!(after, before, "the old program no longer serves:\n{said}");
+    assert!(status.success(), "{status:?}:\n{said}");
+}
+
+/// A child killed (with everything in its pid namespace, by `unshare
+/// --kill-child`) when the test ends, passed or not: left running, it would
+/// hold the test's output open.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -163,7 +163,7 @@ fn a_program_in_path_is_found() {
 }
 
 #[test]
-fn a_detached_process_is_not_our_child() {
+fn a_detached_process_is_our_parents_child_not_ours() {
     let (mut read, write) = pipe();
     let mut command = sh("echo \"$$ $PPID $LISTEN_PID\" >&3");
     command.env("LISTEN_FDS", "1");
@@ -174,6 +174,15 @@ fn a_detached_process_is_not_our_child() {
     assert_eq!(fields[0], pid.to_string(), "{out}");
     assert_eq!(fields[2], pid.to_string(), "{out}");
     assert_ne!(fields[1], std::process::id().to_string(), "{out}");
+    // Our parent's child from the start: made by one clone, with no
+    // intermediate process that exits and leaves it to a subreaper.
+    assert_eq!(
+        fields[1],
+        rustix::process::getppid()
+            .map_or(0, |p| p.as_raw_nonzero().get())
+            .to_string(),
+        "{out}"
+    );
     // Not ours to reap.
     let reaped = rustix::process::waitpid(
         rustix::process::Pid::from_raw(pid as i32),
