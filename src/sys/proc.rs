@@ -54,6 +54,14 @@ pub(crate) fn stat(pid: u32) -> Option<Stat> {
     Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The process group of process `pid` (`getpgid`), if it exists; 0 for
+/// a kernel thread. (Not rustix's `getpgid`, whose result may not be 0.)
+pub(crate) fn group_of(pid: u32) -> Option<u32> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
+    let group = nix::unistd::getpgid(Some(pid)).ok()?;
+    u32::try_from(group.as_raw()).ok()
+}
+
 /// The direct children of `pid` (of all its threads).
 pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -126,6 +134,8 @@ mod tests {
         assert_eq!(Stat::parse("7 (x) S one 9"), None);
         let me = stat(std::process::id()).unwrap();
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert_eq!(group_of(std::process::id()), Some(me.pgrp));
+        assert_eq!(group_of(u32::MAX - 1), None);
     }
 
     #[test]

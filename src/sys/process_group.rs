@@ -29,7 +29,11 @@ impl std::fmt::Display for Member {
 }
 
 /// The live (not zombie) processes in process group `pgid`, found by
-/// reading `/proc/*/stat`; at most [`MAX_LISTED`].
+/// asking each process in `/proc` for its group (`getpgid`, one system
+/// call) and reading `/proc/PID/stat` of the members only; at most
+/// [`MAX_LISTED`]. A drain looks for survivors every time its program or
+/// one of their processes ends, and a machine has thousands of processes:
+/// reading every `/proc/PID/stat` made that cost grow with the machine.
 pub(crate) fn members(pgid: u32) -> Vec<Member> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -43,6 +47,9 @@ pub(crate) fn members(pgid: u32) -> Vec<Member> {
         else {
             continue;
         };
+        if super::proc::group_of(pid) != Some(pgid) {
+            continue;
+        }
         match super::proc::stat(pid) {
             Some(stat) if stat.pgrp == pgid && !stat.is_dead() => {
                 out.push(Member {

@@ -67,10 +67,13 @@ impl DrainingState {
     /// deadline).
     pub(super) fn on_program_exit(&self, shared: &Shared<'_>) -> Option<Outcome> {
         let left = shared.generation.processes();
-        if left.is_empty() {
-            return self.complete(shared);
-        }
         let g = &shared.generation;
+        if drain_complete(g.exited.is_some(), left.len()) {
+            return self.completed(shared);
+        }
+        if left.is_empty() {
+            return None;
+        }
         let killed = self.drain != Drain::Running;
         let listed: Vec<String> = left.iter().map(|m| m.to_string()).collect();
         info!(
@@ -93,6 +96,13 @@ impl DrainingState {
         if !drain_complete(g.exited.is_some(), g.processes().len()) {
             return None;
         }
+        self.completed(shared)
+    }
+
+    /// The drain is complete (the program exited and nothing of its group
+    /// is left): the generation's end, logged.
+    fn completed(&self, shared: &Shared<'_>) -> Option<Outcome> {
+        let g = &shared.generation;
         let status = g.exited?;
         info!(
             pid = g.pid(),
