@@ -457,6 +457,13 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     let mut max_rss_kib = None;
     let mut max_anon_kib = None;
     let mut started_monotonic = Vec::new();
+    // fdstore-exec's memory is read from /proc after every event, its pids
+    // from the unit's cgroup: asking the manager (`systemctl show`) would
+    // start a process and a D-Bus call inside every reload window of the
+    // fdstore-exec scenarios and of no other, and cost those clients alone.
+    let unit_procs = kind
+        .uses_fdstore_exec()
+        .then(|| sd.unit_cgroup("bench.service").join("cgroup.procs"));
     for i in 0..events {
         let started = Instant::now();
         started_monotonic.push(monotonic_now());
@@ -494,12 +501,12 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
                 );
             }
         }
-        if kind.uses_fdstore_exec() {
-            if let Some(pid) = main_pid(&sd) {
-                let max = |m: Option<u64>, v: Option<u64>| match (m, v) {
-                    (Some(m), Some(v)) => Some(m.max(v)),
-                    (m, v) => m.or(v),
-                };
+        if let Some(procs) = &unit_procs {
+            let max = |m: Option<u64>, v: Option<u64>| match (m, v) {
+                (Some(m), Some(v)) => Some(m.max(v)),
+                (m, v) => m.or(v),
+            };
+            for pid in fdstore_exec_processes(procs) {
                 max_rss_kib = max(max_rss_kib, status_value(pid, "VmRSS:"));
                 max_anon_kib = max(max_anon_kib, status_value(pid, "RssAnon:"));
             }
@@ -553,6 +560,21 @@ fn main_pid(sd: &Systemd) -> Option<u32> {
         .parse()
         .ok()
         .filter(|&p| p > 0)
+}
+
+/// The fdstore-exec processes in a unit's `cgroup.procs`: the main one and
+/// any generation still draining.
+fn fdstore_exec_processes(procs: &Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(procs) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "fdstore-exec")
+        })
+        .collect()
 }
 
 fn status_value(pid: u32, field: &str) -> Option<u64> {
