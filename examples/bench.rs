@@ -175,6 +175,10 @@ fn main() {
     print_table(&outcomes);
     println!();
     print_extras(&outcomes);
+    println!(
+        "\nreload windows, by time since the reload began: the share of requests slower than the scenario's steady p99 (1 % if the reload changed nothing)"
+    );
+    print_window_profile(&outcomes);
 
     // The cost of listeners: the same unit with the HTTP listener alone and
     // with 1,000 more, no load.
@@ -818,6 +822,77 @@ fn print_table(outcomes: &[Outcome]) {
             );
         }
     }
+}
+
+/// Bins of the window profile: this long each, the last open-ended.
+const PROFILE_BIN: Duration = Duration::from_millis(20);
+const PROFILE_BINS: usize = 8;
+
+/// Where in a reload window the slow requests are: per bin of time since
+/// the reload began, the share of requests slower than the scenario's own
+/// steady p99 (1 % if the reload changed nothing). It tells the part of a
+/// reload that costs the clients (a process start, the drain, the manager)
+/// from the rest.
+fn print_window_profile(outcomes: &[Outcome]) {
+    let bins: Vec<String> = (0..PROFILE_BINS)
+        .map(|i| {
+            let from = PROFILE_BIN.as_millis() * i as u128;
+            if i + 1 == PROFILE_BINS {
+                format!("{from}+")
+            } else {
+                format!("{from}-{}", from + PROFILE_BIN.as_millis())
+            }
+        })
+        .collect();
+    println!("| scenario | clients | {} ms |", bins.join(" ms | "));
+    println!("|---|---|{}", "---|".repeat(PROFILE_BINS));
+    for o in outcomes.iter().filter(|o| o.windows.len() > 1) {
+        let mut windows = o.windows.clone();
+        windows.sort();
+        for (mode, r) in &o.reports {
+            let in_window = |t: Instant| window_offset(&windows, t).is_some();
+            let Some(steady) = r.quantile(0.99, |t| !in_window(t)) else {
+                continue;
+            };
+            let mut slow = [0u64; PROFILE_BINS];
+            let mut all = [0u64; PROFILE_BINS];
+            for &(t, us) in &r.latencies {
+                if let Some(offset) = window_offset(&windows, t) {
+                    let bin = ((offset.as_nanos() / PROFILE_BIN.as_nanos()) as usize)
+                        .min(PROFILE_BINS - 1);
+                    all[bin] += 1;
+                    slow[bin] += u64::from(us > steady);
+                }
+            }
+            let cells: Vec<String> = slow
+                .iter()
+                .zip(&all)
+                .map(|(s, a)| match a {
+                    0 => "-".into(),
+                    a => format!("{:.1} %", *s as f64 * 100.0 / *a as f64),
+                })
+                .collect();
+            println!(
+                "| {} | {} | {} |",
+                o.kind.label(),
+                match mode {
+                    Mode::NewConnection => "new connection",
+                    Mode::KeepAlive => "keep-alive",
+                },
+                cells.join(" | ")
+            );
+        }
+    }
+}
+
+/// How long after the start of the window that holds `t` it came, if one
+/// does (`windows` sorted).
+fn window_offset(windows: &[(Instant, Instant)], t: Instant) -> Option<Duration> {
+    let i = windows
+        .partition_point(|(start, _)| *start <= t)
+        .checked_sub(1)?;
+    let (start, end) = windows[i];
+    (t <= end).then(|| t - start)
 }
 
 fn print_extras(outcomes: &[Outcome]) {
