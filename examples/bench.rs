@@ -13,6 +13,11 @@
 //! - `naive restart`: the program binds its own socket, `systemctl restart`;
 //! - `SO_REUSEPORT overlap`: start a new instance on the same port with
 //!   SO_REUSEPORT, then stop the old one;
+//! - `control: ExecReload= that only uses CPU`: systemd's no-op reload
+//!   whose `ExecReload=` burns as much CPU as a hand-over costs the unit
+//!   (`FDSTORE_BENCH_BURN_MS`, 7 by default) and hands nothing over: on a
+//!   small machine it tells how much of a hand-over's reload-window tail is
+//!   only CPU taken from the server;
 //! - `HAProxy`: Debian's haproxy in master-worker mode with `expose-fd
 //!   listeners`, serving the same answer, reloaded by `systemctl reload` of
 //!   Debian's unit (a configuration check, then SIGUSR2 to the master): the
@@ -52,6 +57,7 @@ enum Kind {
     ReuseportOverlap,
     NoopReload,
     NoopNotifyReload,
+    NoopBurn,
     Haproxy,
     ControlKill,
 }
@@ -67,6 +73,7 @@ impl Kind {
             Kind::ReuseportOverlap => "SO_REUSEPORT overlap (start new, stop old)",
             Kind::NoopReload => "systemd alone: reload with ExecReload=/bin/true",
             Kind::NoopNotifyReload => "systemd alone: Type=notify-reload, a no-op reload",
+            Kind::NoopBurn => "control: ExecReload= that only uses CPU, as much as a hand-over",
             Kind::Haproxy => "HAProxy master-worker seamless reload (Debian's unit)",
             Kind::ControlKill => "control: server killed once",
         }
@@ -136,6 +143,7 @@ fn main() {
         Kind::ReuseportOverlap,
         Kind::NoopReload,
         Kind::NoopNotifyReload,
+        Kind::NoopBurn,
         Kind::Haproxy,
         Kind::ControlKill,
     ];
@@ -326,6 +334,15 @@ fn units(paths: &Paths, kind: Kind, port: u16, config_path: &Path) -> Vec<(Strin
                  ExecReload=/bin/true\n"
             ),
         )],
+        // The no-op reload plus the CPU a hand-over costs, and nothing else.
+        Kind::NoopBurn => vec![(
+            "bench.service".into(),
+            format!(
+                "{unit}[Service]\n{common}ExecStart={server} --config {config} --bind tcp:127.0.0.1:{port},backlog=4096\n\
+                 ExecReload={server} --burn-cpu {}\n",
+                burn_ms()
+            ),
+        )],
         // HAProxy as Debian ships it (master-worker by -Ws, Type=notify,
         // ExecReload= a configuration check, then SIGUSR2 to the master),
         // with the paths of this run; see haproxy_unit.
@@ -404,6 +421,21 @@ fn haproxy_config(dir: &Path, port: u16, body: &str) -> String {
 }
 
 /// The systemd version every scenario runs under: 252 (Debian 12's), or
+/// The CPU time a one-listener hand-over costs the unit, in milliseconds:
+/// the burn control's `ExecReload=` uses as much.
+const BURN_MS: u64 = 7;
+
+/// The burn control's CPU time: `BURN_MS` or `FDSTORE_BENCH_BURN_MS`.
+fn burn_ms() -> u64 {
+    match std::env::var("FDSTORE_BENCH_BURN_MS") {
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("bench: FDSTORE_BENCH_BURN_MS must be a number of milliseconds, got {v:?}");
+            std::process::exit(64);
+        }),
+        Err(_) => BURN_MS,
+    }
+}
+
 /// `FDSTORE_BENCH_SYSTEMD` (252, 254, 257 or 262).
 fn systemd_version() -> Version {
     match std::env::var("FDSTORE_BENCH_SYSTEMD") {
@@ -479,6 +511,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
             | Kind::HandoverNotifyReload
             | Kind::NoopReload
             | Kind::NoopNotifyReload
+            | Kind::NoopBurn
             | Kind::Haproxy => sd.systemctl(&["reload", "bench.service"]).status.success(),
             Kind::RestartMode | Kind::NaiveRestart => {
                 sd.systemctl(&["restart", "bench.service"]).status.success()

@@ -26,6 +26,10 @@
 //! - `--noop-reload`: a SIGHUP is answered as `Type=notify-reload` asks
 //!   (`RELOADING=1`, then `READY=1`) and changes nothing: the benchmark's
 //!   no-op reload for that unit type.
+//! - `--burn-cpu MS`: uses MS milliseconds of CPU time and exits, doing
+//!   nothing else: the benchmark's `ExecReload=` that costs the machine as
+//!   much CPU as a hand-over and hands nothing over (a control that tells
+//!   CPU contention from the hand-over's own work).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -43,6 +47,10 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(50);
 
 fn main() {
+    if let Some(ms) = burn_cpu_option() {
+        burn_cpu(Duration::from_millis(ms));
+        return;
+    }
     // SIGTERM is taken by a thread with sigwait: block it before any thread
     // starts.
     let mut term = SigSet::empty();
@@ -139,6 +147,33 @@ fn main() {
     let started = Instant::now();
     while open.load(Ordering::SeqCst) > 0 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `--burn-cpu MS`, read before anything else: that mode needs nothing else.
+fn burn_cpu_option() -> Option<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--burn-cpu")?;
+    match args.get(i + 1).map(|v| v.parse::<u64>()) {
+        Some(Ok(ms)) => Some(ms),
+        _ => {
+            eprintln!("hello_http: --burn-cpu takes a number of milliseconds");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// Spins until this process has used `budget` of CPU time: the process's
+/// own CPU clock, not the wall clock, so a busy machine does not shorten it.
+fn burn_cpu(budget: Duration) {
+    use rustix::time::{clock_gettime, ClockId};
+    let used = || {
+        let t = clock_gettime(ClockId::ProcessCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let mut spins: u64 = 0;
+    while used() < budget {
+        spins = std::hint::black_box(spins.wrapping_add(1));
     }
 }
 
