@@ -420,7 +420,6 @@ fn haproxy_config(dir: &Path, port: u16, body: &str) -> String {
     )
 }
 
-/// The systemd version every scenario runs under: 252 (Debian 12's), or
 /// The CPU time a one-listener hand-over costs the unit, in milliseconds:
 /// the burn control's `ExecReload=` uses as much.
 const BURN_MS: u64 = 7;
@@ -436,6 +435,7 @@ fn burn_ms() -> u64 {
     }
 }
 
+/// The systemd version every scenario runs under: 252 (Debian 12's), or
 /// `FDSTORE_BENCH_SYSTEMD` (252, 254, 257 or 262).
 fn systemd_version() -> Version {
     match std::env::var("FDSTORE_BENCH_SYSTEMD") {
