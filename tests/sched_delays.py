@@ -5,7 +5,9 @@ Reads `perf sched timehist` output recorded while the benchmark ran one
 scenario, and prints, per 20 ms since the manager forked the reload's
 `ExecReload=` process, how long the server's threads waited for a CPU
 (scheduling delay, per reload) and which other tasks ran on that CPU while
-they waited, against the same figures per 20 ms outside reloads:
+they waited (the server's other threads included: a program the reload
+starts has the server's name), against the same figures per 20 ms outside
+reloads. As root, with perf from Debian's linux-perf:
 
     perf sched record -o /tmp/sched.data -- sleep 15 &
     bash tests/bench 15 500 'handover (fd store)'
