@@ -499,9 +499,9 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     // from the unit's cgroup: asking the manager (`systemctl show`) would
     // start a process and a D-Bus call inside every reload window of the
     // fdstore-exec scenarios and of no other, and cost those clients alone.
-    let unit_procs = kind
+    let unit_cgroup = kind
         .uses_fdstore_exec()
-        .then(|| sd.unit_cgroup("bench.service").join("cgroup.procs"));
+        .then(|| sd.unit_cgroup("bench.service"));
     for i in 0..events {
         let started = Instant::now();
         started_monotonic.push(monotonic_now());
@@ -540,12 +540,12 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
                 );
             }
         }
-        if let Some(procs) = &unit_procs {
+        if let Some(cgroup) = &unit_cgroup {
             let max = |m: Option<u64>, v: Option<u64>| match (m, v) {
                 (Some(m), Some(v)) => Some(m.max(v)),
                 (m, v) => m.or(v),
             };
-            for pid in fdstore_exec_processes(procs) {
+            for pid in fdstore_exec_processes(cgroup) {
                 max_rss_kib = max(max_rss_kib, status_value(pid, "VmRSS:"));
                 max_anon_kib = max(max_anon_kib, status_value(pid, "RssAnon:"));
             }
@@ -601,15 +601,13 @@ fn main_pid(sd: &Systemd) -> Option<u32> {
         .filter(|&p| p > 0)
 }
 
-/// The fdstore-exec processes in a unit's `cgroup.procs`: the main one and
-/// any generation still draining.
-fn fdstore_exec_processes(procs: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(procs) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .filter(|pid: &u32| {
+/// The fdstore-exec processes in a unit's cgroup: the main one and any
+/// generation still draining.
+fn fdstore_exec_processes(cgroup: &Path) -> Vec<u32> {
+    support::systemd::cgroup_processes(cgroup)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|comm| comm.trim_end() == "fdstore-exec")
         })
@@ -840,10 +838,7 @@ fn print_table(outcomes: &[Outcome]) {
             println!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 o.kind.label(),
-                match mode {
-                    Mode::NewConnection => "new connection",
-                    Mode::KeepAlive => "keep-alive",
-                },
+                mode_label(*mode),
                 r.ok + r.failed(),
                 failures,
                 us_as_ms(r.quantile(0.5, |_| true)),
@@ -854,6 +849,14 @@ fn print_table(outcomes: &[Outcome]) {
                 us_as_ms(r.quantile(0.99, |t| !in_window(t))),
             );
         }
+    }
+}
+
+/// How the tables name a client mode.
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::NewConnection => "new connection",
+        Mode::KeepAlive => "keep-alive",
     }
 }
 
@@ -908,10 +911,7 @@ fn print_window_profile(outcomes: &[Outcome]) {
             println!(
                 "| {} | {} | {} |",
                 o.kind.label(),
-                match mode {
-                    Mode::NewConnection => "new connection",
-                    Mode::KeepAlive => "keep-alive",
-                },
+                mode_label(*mode),
                 cells.join(" | ")
             );
         }

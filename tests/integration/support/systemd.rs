@@ -267,9 +267,8 @@ impl Systemd {
     /// reports relative to its own cgroup namespace).
     pub fn unit_processes(&self, unit: &str) -> Vec<u32> {
         let dir = self.unit_cgroup(unit);
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_else(|e| panic!("reading {}/cgroup.procs: {e}", dir.display()));
-        procs.lines().map(|l| l.trim().parse().unwrap()).collect()
+        cgroup_processes(&dir)
+            .unwrap_or_else(|e| panic!("reading {}/cgroup.procs: {e}", dir.display()))
     }
 
     fn find_manager_pid(&self) -> Option<i32> {
@@ -435,6 +434,20 @@ impl Drop for Systemd {
             let _ = std::fs::remove_dir_all(&self.work);
         }
     }
+}
+
+/// The pids in a cgroup directory's `cgroup.procs`, without asking the
+/// manager (a `systemctl show` starts a process and a D-Bus call).
+pub fn cgroup_processes(dir: &Path) -> std::io::Result<Vec<u32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    procs
+        .lines()
+        .map(|l| {
+            l.trim().parse().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{l:?}: {e}"))
+            })
+        })
+        .collect()
 }
 
 /// Runs a command, killing it if it takes longer than `timeout`.
