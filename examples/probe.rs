@@ -18,6 +18,8 @@
 //! | `store-result NAME=SPEC` | bind and store, report `store ok` or `store error: …` |
 //! | `serve NAME` | answer every connection on the received TCP listener(s) NAME with `pid PID\n` |
 //! | `serve-unix NAME` | the same on the received Unix stream listener NAME |
+//! | `hold-exclusive NAME` | register the received TCP listener NAME in an `epoll` set with `EPOLLEXCLUSIVE`, and never accept (a program stuck before its loop) |
+//! | `serve-exclusive NAME` | `serve`, waiting with `epoll` and `EPOLLEXCLUSIVE` (as nginx does): woken alone, first in the listener's queue |
 //! | `close NAME` | close the received listener NAME, report `closed NAME` |
 //! | `exit CODE` | exit at once with CODE |
 //! | `exit-once FILE CODE` | the first time (FILE absent): create FILE, exit with CODE; later: nothing |
@@ -43,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
-use rustix::event::{poll, PollFd, PollFlags};
+use rustix::event::{epoll, poll, PollFd, PollFlags};
 
 use fdstore::{FdKind, FdPoll, ListenFds, ListenerSpec, Notifier, UnsetEnv};
 
@@ -168,21 +170,34 @@ fn main() {
                 notifier.remove_fds(&name).expect("FDSTOREREMOVE");
                 report.line(format!("removed {name}"));
             }
-            "serve" => {
+            "serve" | "serve-exclusive" => {
                 let name = arg();
                 let listeners = match listeners.remove(&name) {
                     Some(l) => vec![l],
                     None => fds.tcp_listeners(&name).expect("listener to serve"),
                 };
+                let wait = if action == "serve" {
+                    Wait::Poll
+                } else {
+                    Wait::Exclusive
+                };
                 for listener in listeners {
-                    servers.push(std::thread::spawn(move || serve(listener)));
+                    servers.push(std::thread::spawn(move || serve(listener, wait)));
                 }
                 report.line(format!("serving {name}"));
+            }
+            "hold-exclusive" => {
+                let name = arg();
+                let listener = fds.tcp_listener(&name).expect("listener to hold");
+                let epoll = exclusive_epoll(&listener);
+                // Held until the process ends.
+                std::mem::forget((listener, epoll));
+                report.line(format!("holding {name}"));
             }
             "serve-unix" => {
                 let name = arg();
                 let listener = fds.unix_listener(&name).expect("Unix listener to serve");
-                servers.push(std::thread::spawn(move || serve_unix(listener)));
+                servers.push(std::thread::spawn(move || serve_unix(listener, Wait::Poll)));
                 report.line(format!("serving {name}"));
             }
             "close" => {
@@ -281,17 +296,27 @@ fn main() {
     report.line("stopped");
 }
 
+/// How an accept loop waits for a connection.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// `poll(2)`: every waiting process is woken by each connection.
+    Poll,
+    /// `epoll` with `EPOLLEXCLUSIVE`: the kernel wakes one waiter, the
+    /// first registered that is waiting, which stays first.
+    Exclusive,
+}
+
 /// Answers every connection with one line until STOP is set.
-fn serve(listener: TcpListener) {
-    accept_loop(&listener, || match listener.accept() {
+fn serve(listener: TcpListener, wait: Wait) {
+    accept_loop(&listener, wait, || match listener.accept() {
         Ok((stream, _)) => Some(Box::new(stream) as Box<dyn Connection>),
         Err(_) => None,
     });
 }
 
 /// [`serve`] on a Unix stream listener.
-fn serve_unix(listener: UnixListener) {
-    accept_loop(&listener, || match listener.accept() {
+fn serve_unix(listener: UnixListener, wait: Wait) {
+    accept_loop(&listener, wait, || match listener.accept() {
         Ok((stream, _)) => Some(Box::new(stream) as Box<dyn Connection>),
         Err(_) => None,
     });
@@ -323,16 +348,48 @@ impl Connection for std::os::unix::net::UnixStream {
     }
 }
 
-fn accept_loop<L: AsFd>(listener: &L, accept: impl Fn() -> Option<Box<dyn Connection>>) {
+/// An `epoll` set that waits for connections on `listener` with
+/// `EPOLLEXCLUSIVE`.
+fn exclusive_epoll(listener: impl AsFd) -> std::os::fd::OwnedFd {
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create");
+    epoll::add(
+        &epoll,
+        listener,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN | epoll::EventFlags::EXCLUSIVE,
+    )
+    .expect("EPOLL_CTL_ADD");
+    epoll
+}
+
+fn accept_loop<L: AsFd>(
+    listener: &L,
+    wait: Wait,
+    accept: impl Fn() -> Option<Box<dyn Connection>>,
+) {
     let answer = format!("pid {}\n", std::process::id());
     rustix::io::ioctl_fionbio(listener, true).expect("non-blocking accept");
+    let tick = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    let epoll = match wait {
+        Wait::Poll => None,
+        Wait::Exclusive => Some(exclusive_epoll(listener)),
+    };
     while !STOP.load(Ordering::SeqCst) {
-        let mut ready = [PollFd::new(listener, PollFlags::IN)];
-        let tick = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 20_000_000,
+        // A wait cut short (a signal, SIGSTOP and SIGCONT) is a timeout.
+        let woken = match &epoll {
+            None => {
+                let mut ready = [PollFd::new(listener, PollFlags::IN)];
+                matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0)
+            }
+            Some(epoll) => {
+                let mut events = [std::mem::MaybeUninit::uninit(); 1];
+                matches!(epoll::wait(epoll, &mut events[..], Some(&tick)), Ok((ready, _)) if !ready.is_empty())
+            }
         };
-        if !matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0) {
+        if !woken {
             continue;
         }
         match accept() {

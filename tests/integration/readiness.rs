@@ -580,6 +580,91 @@ fn a_stop_during_a_slow_check_command_is_prompt(sd: &Systemd) {
     assert_eq!(report_lines(&app.report, "stopped").len(), 1);
 }
 
+// ----- programs woken alone (EPOLLEXCLUSIVE, as nginx waits) -----
+
+/// The state letter of process `pid` (`T`: stopped), `?` once it is gone.
+fn state_of(pid: &str) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .map(|(_, rest)| rest.chars().next().unwrap_or('?'))
+        })
+        .unwrap_or('?')
+}
+
+/// The journal's lines about failed reloads, for a message.
+fn failures(sd: &Systemd) -> String {
+    let journal = sd.journal();
+    let lines: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("reload failed"))
+        .collect();
+    lines.join("\n")
+}
+
+/// A program that waits with `EPOLLEXCLUSIVE` is woken alone by each
+/// connection, and the kernel wakes the first such waiter that is waiting:
+/// without load that is the old generation, registered first, every time.
+/// Each of these reloads failed after its ready timeout before the old
+/// generation was paused for the probes. (A probe sent while the old
+/// program is between two waits goes to the new one: a reload may pass
+/// without a pause.)
+fn accept_proves_a_program_woken_alone_without_load(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve-exclusive web",
+        "--ready accept --ready-timeout 10s",
+        "",
+    );
+    for generation in 2..=5 {
+        let before = main_pid(sd);
+        app.version("receive serve-exclusive web");
+        let (ok, took) = reload(sd);
+        assert!(
+            ok,
+            "the reload to generation {generation} failed after {took:?}:\n{}",
+            failures(sd)
+        );
+        assert_ne!(main_pid(sd), before);
+        let starts = app.starts();
+        let (old, new) = (&starts[starts.len() - 2], &starts[starts.len() - 1]);
+        wait_gone(old);
+        assert_eq!(answer(port), format!("pid {new}"));
+        assert_ne!(state_of(new), 'T', "the new program must run");
+    }
+}
+
+/// The same under traffic: nothing fails, and the new generation serves.
+fn accept_proves_a_program_woken_alone_under_load(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve-exclusive web",
+        "--ready accept --ready-timeout 10s",
+        "",
+    );
+    let traffic = Traffic::start(port, 4);
+    for generation in 2..=6 {
+        app.version("receive serve-exclusive web");
+        let (ok, took) = reload(sd);
+        assert!(
+            ok,
+            "the reload to generation {generation} failed after {took:?}:\n{}",
+            failures(sd)
+        );
+    }
+    let starts = app.starts();
+    let last = starts.last().unwrap().clone();
+    for old in &starts[..starts.len() - 1] {
+        wait_gone(old);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert!(count.answers.contains(&format!("pid {last}")), "{count:?}");
+    assert_eq!(answer(port), format!("pid {last}"));
+}
+
 on_each_systemd!(
     every_mode_refuses_a_new_version_that_never_accepts,
     unproven_is_the_only_way_to_go_without_the_proof,
@@ -592,4 +677,6 @@ on_each_systemd!(
     gunicorn_is_judged_by_its_workers_not_by_its_arbiter,
     command_checks_know_the_program_and_its_generation,
     a_stop_during_a_slow_check_command_is_prompt,
+    accept_proves_a_program_woken_alone_without_load,
+    accept_proves_a_program_woken_alone_under_load,
 );
