@@ -193,6 +193,10 @@ proptest! {
             Message::Failed(reason.clone()),
             Message::Main(ms),
             Message::Done,
+            Message::End,
+            Message::Pause,
+            Message::Paused(ms),
+            Message::Resume,
         ] {
             prop_assert_eq!(Message::parse(&message.to_text()), Some(message));
         }

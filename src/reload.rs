@@ -35,14 +35,22 @@
 //!   the reload under way finishes, which answers it; so is one to a process
 //!   that handed over (the manager waits for the main process, not it);
 //! - **a stop** during a reload refuses it as "stopping" and sends no
-//!   `READY=1`.
+//!   `READY=1`;
+//! - **pauses** (fdstore-exec only, [`Reload::pausing`]): while the new
+//!   generation is starting, its `PAUSE` stops this generation's program
+//!   for at most [`PAUSE_MAX`], at most [`PAUSES_MAX`] times and
+//!   [`PAUSE_TOTAL`] in all per reload; anything else is declined. A pause
+//!   ends at `RESUME`, at its end, and before anything that moves the
+//!   reload on (the new generation ready, failed or gone, a stop), so
+//!   that a program is never left stopped and is running when it is told
+//!   to drain.
 
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
 use crate::protocol::control::{busy_text, still_starting_text, Refusal, Reply};
-use crate::protocol::handover::{Channel, Message};
+use crate::protocol::handover::{Channel, Message, PAUSES_MAX, PAUSE_MAX, PAUSE_TOTAL};
 
 /// Time a new generation gets beyond its ready timeout to finish the
 /// hand-over: its own start (an exec of fdstore-exec or the program), the
@@ -115,6 +123,11 @@ pub(crate) enum Event<C> {
     Stop,
     /// This generation cannot go on with a reload (its program exited).
     Abort(String),
+    /// The new generation's `PAUSE`: it asks for this generation's program
+    /// to be stopped for a probe.
+    PauseAsked,
+    /// The new generation's `RESUME`.
+    ResumeAsked,
 }
 
 /// The answer to a [`Requester::Client`].
@@ -186,6 +199,19 @@ pub(crate) enum Action<C> {
         /// The new main process.
         successor: u32,
     },
+    /// Stop this generation's program (if it is not already) and tell the
+    /// new generation `PAUSED` with the time: the machine ends the pause
+    /// ([`Action::Resume`]) within it, woken by [`Reload::deadline`]. When
+    /// the program cannot be stopped, say `PAUSED 0` and report
+    /// [`Event::ResumeAsked`].
+    Pause {
+        /// The longest the pause lasts from now.
+        for_at_most: Duration,
+    },
+    /// Tell the new generation `PAUSED 0`: no pause.
+    DeclinePause,
+    /// Continue this generation's program.
+    Resume,
 }
 
 /// How far the new generation got.
@@ -230,6 +256,21 @@ pub(crate) struct Reload<C> {
     state: State<C>,
     stopping: bool,
     last_outcome: Option<String>,
+    /// Whether the driver can pause its program ([`Reload::pausing`]).
+    pausing: bool,
+    /// The pauses of the reload in progress.
+    pauses: Pauses,
+}
+
+/// The pauses of this generation's program for one new generation.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pauses {
+    /// The pause in progress: since when, and its end at the latest.
+    current: Option<(Instant, Instant)>,
+    /// How many were granted.
+    count: u32,
+    /// Their time, those that ended.
+    total: Duration,
 }
 
 impl<C> Reload<C> {
@@ -243,18 +284,31 @@ impl<C> Reload<C> {
             state: State::Idle,
             stopping: false,
             last_outcome: None,
+            pausing: false,
+            pauses: Pauses::default(),
         }
     }
 
-    /// When the reload in progress fails unless it completed: wake then and
-    /// report [`Event::Tick`].
+    /// The driver can stop its program for a new generation's probes
+    /// (`PAUSE`); without this every `PAUSE` is declined.
+    pub(crate) fn pausing(mut self) -> Reload<C> {
+        self.pausing = true;
+        self
+    }
+
+    /// When the reload in progress fails unless it completed, or the pause
+    /// in progress ends: wake then and report [`Event::Tick`].
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        match &self.state {
+        let reload = match &self.state {
             State::Preparing { started, .. } => {
                 Some(*started + self.ready_timeout + HANDOVER_MARGIN)
             }
             State::Running { deadline, .. } => Some(*deadline),
             _ => None,
+        };
+        match (reload, self.pauses.current) {
+            (Some(d), Some((_, end))) => Some(d.min(end)),
+            (d, pause) => d.or(pause.map(|(_, end)| end)),
         }
     }
 
@@ -291,6 +345,99 @@ impl<C> Reload<C> {
 
     /// Takes one event at `now`; returns what to do, in order.
     pub(crate) fn handle(&mut self, event: Event<C>, now: Instant) -> Vec<Action<C>> {
+        let mut actions = Vec::new();
+        if self.pauses.current.is_some_and(|(_, end)| now >= end) {
+            actions.extend(self.end_pause(now));
+        }
+        match event {
+            Event::PauseAsked => {
+                actions.push(self.pause(now));
+                return actions;
+            }
+            Event::ResumeAsked => {
+                actions.extend(self.end_pause(now));
+                return actions;
+            }
+            _ => {}
+        }
+        let rest = self.handle_reload(event, now);
+        // Whatever moved the reload on past the start of the new generation
+        // (it is ready, it failed, a stop) ends the pause first: the
+        // program runs again before it is told anything, to drain in
+        // particular.
+        if !self.starting() {
+            actions.extend(self.end_pause(now));
+            self.summarize_pauses();
+        }
+        actions.extend(rest);
+        actions
+    }
+
+    /// Whether a new generation is starting (and may ask for pauses).
+    fn starting(&self) -> bool {
+        matches!(
+            self.state,
+            State::Running {
+                stage: Stage::Starting,
+                ..
+            }
+        )
+    }
+
+    /// The answer to `PAUSE`.
+    fn pause(&mut self, now: Instant) -> Action<C> {
+        if !self.pausing || !self.starting() {
+            return Action::DeclinePause;
+        }
+        if let Some((_, end)) = self.pauses.current {
+            // Asked again: the pause in progress, not a longer one.
+            return Action::Pause {
+                for_at_most: end.saturating_duration_since(now),
+            };
+        }
+        let left = PAUSE_TOTAL.saturating_sub(self.pauses.total);
+        if self.pauses.count >= PAUSES_MAX || left.is_zero() {
+            debug!(
+                "declined a pause: {} pauses, {} ms, granted already",
+                self.pauses.count,
+                self.pauses.total.as_millis()
+            );
+            return Action::DeclinePause;
+        }
+        let length = PAUSE_MAX.min(left);
+        self.pauses.count += 1;
+        self.pauses.current = Some((now, now + length));
+        Action::Pause {
+            for_at_most: length,
+        }
+    }
+
+    /// Ends the pause in progress, if any.
+    fn end_pause(&mut self, now: Instant) -> Option<Action<C>> {
+        let (since, end) = self.pauses.current.take()?;
+        self.pauses.total += now.min(end).saturating_duration_since(since);
+        Some(Action::Resume)
+    }
+
+    /// Once the new generation is past its start: what its pauses took, in
+    /// the journal, and a clean slate for the next reload.
+    fn summarize_pauses(&mut self) {
+        let pauses = std::mem::take(&mut self.pauses);
+        if pauses.count > 0 {
+            let ms = pauses.total.as_secs_f64() * 1000.0;
+            info!(
+                pauses = pauses.count,
+                ms,
+                "paused the program of generation {} for the proof of generation {} {} time{}, {ms:.1} ms in all",
+                self.generation,
+                self.generation + 1,
+                pauses.count,
+                if pauses.count == 1 { "" } else { "s" },
+            );
+        }
+    }
+
+    fn handle_reload(&mut self, event: Event<C>, now: Instant) -> Vec<Action<C>> {
         let next = self.generation + 1;
         let state = std::mem::replace(&mut self.state, State::Idle);
         match (event, state) {
@@ -695,7 +842,9 @@ pub(crate) fn successor_events<C>(channel: &Channel) -> Vec<Event<C>> {
             Ok(Some(Some(Message::Ready))) => Event::Ready,
             Ok(Some(Some(Message::Failed(reason)))) => Event::Failed(reason),
             Ok(Some(Some(Message::Done))) => Event::Done,
-            Ok(Some(Some(other @ (Message::Main(_) | Message::End)))) => {
+            Ok(Some(Some(Message::Pause))) => Event::PauseAsked,
+            Ok(Some(Some(Message::Resume))) => Event::ResumeAsked,
+            Ok(Some(Some(other @ (Message::Main(_) | Message::End | Message::Paused(_))))) => {
                 debug!(?other, "unexpected message from the new generation");
                 continue;
             }

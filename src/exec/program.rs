@@ -32,7 +32,11 @@ pub struct ProgramSpec {
 
 /// Variables of ours, or of the manager, that the program must not inherit
 /// as they are (besides [`LISTEN_ENV`]; `WATCHDOG_PID` is set anew).
-const SCRUBBED: &[&str] = &["NOTIFY_SOCKET", crate::protocol::handover::HANDOVER_ENV];
+const SCRUBBED: &[&str] = &[
+    "NOTIFY_SOCKET",
+    crate::protocol::handover::HANDOVER_ENV,
+    crate::protocol::handover::PAUSE_ENV,
+];
 
 /// Sets up `command` to pass `listeners` on: the manager's (or
 /// predecessor's) `LISTEN_*` replaced by `LISTEN_FDS` and `LISTEN_FDNAMES`

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::listen::{NamedFd, LISTEN_FDS_START};
 use crate::protocol::generations::OlderGenerations;
-use crate::protocol::handover::{Channel, Inheritance, HANDOVER_ENV};
+use crate::protocol::handover::{Channel, Inheritance, HANDOVER_ENV, PAUSE_ENV};
 use crate::protocol::sysexits;
 use crate::sys::spawn::{Spawn, SpawnError};
 
@@ -23,7 +23,8 @@ pub const SPAWN_ARG: &str = "__spawn";
 /// Starts the next generation, `fdstore_exec ARGS...`, as our parent's
 /// (the manager's) child, with the listeners at 3, 4, ... and the channel
 /// after them, then the channels to the older generations still draining;
-/// `LISTEN_PID` and `LISTEN_PIDFDID` name it. Returns its pid once it has
+/// `LISTEN_PID` and `LISTEN_PIDFDID` name it; [`PAUSE_ENV`] says that this
+/// generation pauses its program for the new one's probes. Returns its pid once it has
 /// exec'ed: it is the manager's child from its start (one `clone` with
 /// `CLONE_PARENT`), before anything is said to the manager.
 pub(crate) fn spawn_successor(
@@ -45,6 +46,7 @@ pub(crate) fn spawn_successor(
     command
         .args(args)
         .env(HANDOVER_ENV, inheritance.to_env())
+        .env(PAUSE_ENV, "1")
         .stdin_null();
     super::program::pass_listeners(&mut command, listeners);
     let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();

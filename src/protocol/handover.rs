@@ -22,9 +22,20 @@
 //! | old → new | `MAIN MILLISECONDS` | `MAINPID=` was sent and processed; the hand-over has taken this long |
 //! | new → old | `DONE` | it sent `READY=1` as the main process |
 //! | newer → old | `END` | a draining generation must end now, to make room within the bound on generations alive (see [`GenerationBound`](super::GenerationBound)) |
+//! | new → old | `PAUSE` | stop your program for a probe of the accept proof (only where [`PAUSE_ENV`] says the old one takes it) |
+//! | old → new | `PAUSED MILLISECONDS` | it is stopped (`SIGSTOP` to its process group) for at most this long; `PAUSED 0`: it is not |
+//! | new → old | `RESUME` | the probe is over: continue it (`SIGCONT`) |
 //!
 //! Either side closing the channel early aborts the hand-over: the new
 //! generation stops its program and exits, the old one keeps serving.
+//!
+//! A pause is for programs that wait with `EPOLLEXCLUSIVE` (nginx does):
+//! the kernel wakes one waiter per connection, the first registered that is
+//! waiting, and that is the idle old generation, registered first, every
+//! time; a stopped process is not waiting, so the wake-up passes to the new
+//! one. The old side bounds every pause ([`PAUSE_MAX`], [`PAUSES_MAX`],
+//! [`PAUSE_TOTAL`]) and ends it when the new generation is ready, fails or
+//! goes away, whatever the new side says.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -40,6 +51,22 @@ use crate::listen::LISTEN_FDS_START;
 /// `fd=N,generation=G,older=G1.G2...,managed=NAME:NAME...` (`older=` may be
 /// missing: a previous version of fdstore-exec did not pass it).
 pub const HANDOVER_ENV: &str = "FDSTORE_EXEC_HANDOVER";
+
+/// Set (to `1`) beside [`HANDOVER_ENV`] by an old generation that takes
+/// [`Message::Pause`]. A separate variable, so that an older fdstore-exec,
+/// which would end the hand-over at a message it does not know, is never
+/// sent one, and one that does not know the variable ignores it.
+pub const PAUSE_ENV: &str = "FDSTORE_EXEC_PAUSE";
+
+/// The longest one pause of the old generation's program lasts (see
+/// [`Message::Pause`]): the old generation continues it then, whatever the
+/// new one says.
+pub const PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+/// The most pauses one new generation gets.
+pub const PAUSES_MAX: u32 = 20;
+/// The most time the old generation's program spends paused for one new
+/// generation, all pauses together.
+pub const PAUSE_TOTAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +85,13 @@ pub enum Message {
     /// To a draining generation: end now (the bound on generations alive
     /// needs room for a new one).
     End,
+    /// To the old generation: stop your program for a probe.
+    Pause,
+    /// To the new generation: the old program is stopped for at most this
+    /// many milliseconds (0: it is not).
+    Paused(u64),
+    /// To the old generation: continue your program.
+    Resume,
 }
 
 impl Message {
@@ -69,6 +103,9 @@ impl Message {
             Message::Main(ms) => format!("MAIN {ms}"),
             Message::Done => "DONE".into(),
             Message::End => "END".into(),
+            Message::Pause => "PAUSE".into(),
+            Message::Paused(ms) => format!("PAUSED {ms}"),
+            Message::Resume => "RESUME".into(),
         }
     }
 
@@ -81,6 +118,9 @@ impl Message {
             "MAIN" => rest.parse().ok().map(Message::Main),
             "DONE" => Some(Message::Done),
             "END" => Some(Message::End),
+            "PAUSE" => Some(Message::Pause),
+            "PAUSED" => rest.parse().ok().map(Message::Paused),
+            "RESUME" => Some(Message::Resume),
             _ => None,
         }
     }
@@ -340,10 +380,16 @@ mod tests {
             Message::Main(17),
             Message::Done,
             Message::End,
+            Message::Pause,
+            Message::Paused(50),
+            Message::Paused(0),
+            Message::Resume,
         ] {
             assert_eq!(Message::parse(&m.to_text()), Some(m));
         }
         assert_eq!(Message::parse("HELLO x"), None);
+        assert_eq!(Message::parse("PAUSED"), None);
+        assert_eq!(Message::parse("PAUSED -1"), None);
         assert_eq!(Message::parse("WHAT"), None);
     }
 

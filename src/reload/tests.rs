@@ -31,6 +31,9 @@ fn names(actions: &[Action<u32>]) -> Vec<String> {
             Action::Answer(c, Answer::Done { pid, .. }) => format!("ok {c} {pid}"),
             Action::Answer(c, Answer::Refused(kind, _)) => format!("err {c} {kind:?}"),
             Action::BeginDrain { successor } => format!("drain {successor}"),
+            Action::Pause { for_at_most } => format!("pause {}", for_at_most.as_millis()),
+            Action::DeclinePause => "no pause".to_owned(),
+            Action::Resume => "resume".to_owned(),
         })
         .collect()
 }
@@ -442,6 +445,9 @@ fn messages_on_the_channel_become_events() {
         Message::End,
         Message::Failed("x".into()),
         Message::Done,
+        Message::Pause,
+        Message::Paused(50),
+        Message::Resume,
     ] {
         new.send(&m).unwrap();
     }
@@ -452,6 +458,156 @@ fn messages_on_the_channel_become_events() {
         .collect();
     assert_eq!(
         events,
-        ["Hello(5)", "Ready", "Failed(\"x\")", "Done", "Gone"]
+        [
+            "Hello(5)",
+            "Ready",
+            "Failed(\"x\")",
+            "Done",
+            "PauseAsked",
+            "ResumeAsked",
+            "Gone"
+        ]
     );
+}
+
+// ----- pauses for the new generation's probes -----
+
+fn pausing() -> (Reload<u32>, Instant) {
+    let (m, t) = machine();
+    (m.pausing(), t)
+}
+
+#[test]
+fn a_pause_is_granted_only_to_a_starting_generation_of_a_pausing_driver() {
+    let (mut m, t) = pausing();
+    assert_eq!(
+        names(&m.handle(Event::PauseAsked, t)),
+        ["no pause"],
+        "no reload"
+    );
+    started(&mut m, Requester::Client(7), t);
+    assert_eq!(names(&m.handle(Event::PauseAsked, t)), ["pause 50"]);
+    assert_eq!(m.deadline(), Some(t + PAUSE_MAX), "woken at its end");
+    // Asked again: what is left of the same pause.
+    let later = t + Duration::from_millis(20);
+    assert_eq!(names(&m.handle(Event::PauseAsked, later)), ["pause 30"]);
+    assert_eq!(names(&m.handle(Event::ResumeAsked, later)), ["resume"]);
+    assert_eq!(names(&m.handle(Event::ResumeAsked, later)), [] as [&str; 0]);
+    assert_eq!(
+        m.deadline(),
+        Some(t + Duration::from_secs(2) + HANDOVER_MARGIN)
+    );
+
+    let (mut library, t) = machine();
+    started(&mut library, Requester::Client(7), t);
+    assert_eq!(names(&library.handle(Event::PauseAsked, t)), ["no pause"]);
+
+    // Once ready, the new generation is past its probes.
+    let (mut m, t) = pausing();
+    started(&mut m, Requester::Client(7), t);
+    m.handle(Event::Ready, t);
+    assert_eq!(names(&m.handle(Event::PauseAsked, t)), ["no pause"]);
+}
+
+#[test]
+fn a_pause_ends_by_itself_at_its_end() {
+    let (mut m, t) = pausing();
+    started(&mut m, Requester::Client(7), t);
+    m.handle(Event::PauseAsked, t);
+    assert_eq!(
+        names(&m.handle(Event::Tick, t + Duration::from_millis(49))),
+        [] as [&str; 0]
+    );
+    assert_eq!(names(&m.handle(Event::Tick, t + PAUSE_MAX)), ["resume"]);
+    // Any event past the end ends it, before what the event does.
+    m.handle(Event::PauseAsked, t + PAUSE_MAX);
+    let late = t + Duration::from_millis(200);
+    assert_eq!(
+        names(&m.handle(Event::Ready, late)),
+        ["resume", "mainpid 40"]
+    );
+}
+
+#[test]
+fn whatever_moves_the_reload_on_continues_the_program_first() {
+    let ready = |m: &mut Reload<u32>, t| m.handle(Event::Ready, t);
+    let failed = |m: &mut Reload<u32>, t| m.handle(Event::Failed("no".into()), t);
+    let gone = |m: &mut Reload<u32>, t| m.handle(Event::Gone, t);
+    let stop = |m: &mut Reload<u32>, t| m.handle(Event::Stop, t);
+    let timeout =
+        |m: &mut Reload<u32>, t: Instant| m.handle(Event::Tick, t + Duration::from_secs(60));
+    let abort = |m: &mut Reload<u32>, t| m.handle(Event::Abort("exited".into()), t);
+    type Step = fn(&mut Reload<u32>, Instant) -> Vec<Action<u32>>;
+    let cases: [(&str, Step); 6] = [
+        ("ready", ready),
+        ("failed", failed),
+        ("gone", gone),
+        ("stop", stop),
+        ("timeout", timeout),
+        ("abort", abort),
+    ];
+    for (what, step) in cases {
+        let (mut m, t) = pausing();
+        started(&mut m, Requester::Client(7), t);
+        m.handle(Event::PauseAsked, t);
+        let actions = names(&step(&mut m, t + Duration::from_millis(10)));
+        assert_eq!(
+            actions.first().map(String::as_str),
+            Some("resume"),
+            "{what}: {actions:?}"
+        );
+        assert_eq!(
+            actions.iter().filter(|a| *a == "resume").count(),
+            1,
+            "{what}"
+        );
+        if let Some(abandon) = actions.iter().position(|a| a.starts_with("abandon")) {
+            assert!(abandon > 0, "{what}: continued before it is abandoned");
+        }
+        assert_eq!(m.pauses.current, None, "{what}");
+        assert_eq!(
+            m.pauses.count, 0,
+            "{what}: a clean slate for the next reload"
+        );
+    }
+}
+
+#[test]
+fn pauses_are_bounded_in_number_and_in_time() {
+    let (mut m, t) = pausing();
+    started(&mut m, Requester::Client(7), t);
+    let mut now = t;
+    let mut granted = Duration::ZERO;
+    let mut count = 0;
+    loop {
+        let actions = m.handle(Event::PauseAsked, now);
+        match actions[..] {
+            [Action::Pause { for_at_most }] => {
+                assert!(for_at_most <= PAUSE_MAX);
+                count += 1;
+                granted += for_at_most;
+            }
+            [Action::DeclinePause] => break,
+            _ => panic!("{:?}", names(&actions)),
+        }
+        // Each pause runs to its end.
+        now += PAUSE_MAX;
+        m.handle(Event::Tick, now);
+    }
+    assert!(count <= PAUSES_MAX);
+    assert_eq!(granted, PAUSE_TOTAL, "the whole time, and no more");
+    // Short pauses: the count bounds them.
+    let (mut m, t) = pausing();
+    started(&mut m, Requester::Client(7), t);
+    let mut now = t;
+    for _ in 0..PAUSES_MAX {
+        assert_eq!(names(&m.handle(Event::PauseAsked, now)), ["pause 50"]);
+        now += Duration::from_millis(1);
+        assert_eq!(names(&m.handle(Event::ResumeAsked, now)), ["resume"]);
+    }
+    assert_eq!(names(&m.handle(Event::PauseAsked, now)), ["no pause"]);
+    // The next reload starts afresh.
+    m.handle(Event::Failed("no".into()), now);
+    started(&mut m, Requester::Client(8), now);
+    assert_eq!(names(&m.handle(Event::PauseAsked, now)), ["pause 50"]);
 }

@@ -69,16 +69,22 @@ pub(crate) fn members(pgid: u32) -> Vec<Member> {
 /// Sends SIGKILL to every process in group `pgid` (`kill(-pgid, SIGKILL)`).
 /// A group with no member left is not an error.
 pub(crate) fn kill(pgid: u32) -> io::Result<()> {
+    match signal(pgid, rustix::process::Signal::KILL) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Sends `signal` to every process in group `pgid` (`kill(-pgid, SIG)`);
+/// `ESRCH` when the group has no member left.
+pub(crate) fn signal(pgid: u32, signal: rustix::process::Signal) -> io::Result<()> {
     let Some(pid) = i32::try_from(pgid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
     else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
-    match rustix::process::kill_process_group(pid, rustix::process::Signal::KILL) {
-        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(rustix::process::kill_process_group(pid, signal)?)
 }
 
 #[cfg(test)]

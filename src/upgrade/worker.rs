@@ -264,6 +264,14 @@ impl Worker {
                 drop(std::mem::take(&mut self.lock().older));
                 self.begin_drain(successor);
             }
+            // The library's machine is not pausing: its successors never
+            // ask, and one that did is told no.
+            Action::DeclinePause | Action::Pause { .. } => {
+                if let Some(channel) = &self.channel {
+                    let _ = channel.send(&Message::Paused(0));
+                }
+            }
+            Action::Resume => {}
         }
         None
     }

@@ -633,6 +633,11 @@ fn accept_proves_a_program_woken_alone_without_load(sd: &Systemd) {
         assert_eq!(answer(port), format!("pid {new}"));
         assert_ne!(state_of(new), 'T', "the new program must run");
     }
+    let journal = sd.journal();
+    assert!(
+        journal.contains(" for the proof of generation "),
+        "an old generation says it paused its program:\n{journal}"
+    );
 }
 
 /// The same under traffic: nothing fails, and the new generation serves.
@@ -665,6 +670,65 @@ fn accept_proves_a_program_woken_alone_under_load(sd: &Systemd) {
     assert_eq!(answer(port), format!("pid {last}"));
 }
 
+/// A new program that waits with `EPOLLEXCLUSIVE` but never accepts gets
+/// the old generation paused again and again: each pause is short, their
+/// number is bounded, the reload fails after its ready timeout, and the
+/// old program runs on, never left stopped, and served every request.
+fn pauses_for_a_program_that_never_accepts_are_bounded_and_end(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve-exclusive web",
+        "--ready accept --ready-timeout 3s",
+        "",
+    );
+    let first = main_pid(sd);
+    let traffic = Traffic::start(port, 4);
+    app.version("receive hold-exclusive web");
+    let (ok, _) = reload(sd);
+    assert!(!ok, "the reload must fail");
+    let line = failed_reload_line(sd, "generation 2");
+    assert!(line.contains("was not ready within 3s"), "{line}");
+    let starts = app.starts();
+    assert_eq!(starts.len(), 2);
+    assert_ne!(
+        state_of(&starts[0]),
+        'T',
+        "the old program must not stay stopped"
+    );
+    wait_gone(&starts[1]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(
+        state_of(&starts[0]),
+        'T',
+        "the old program must not stay stopped"
+    );
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_eq!(count.answers, [format!("pid {}", starts[0])].into());
+    assert_eq!(answer(port), format!("pid {}", starts[0]));
+    assert_eq!(main_pid(sd), first);
+    // "paused the program of generation 1 for the proof of generation 2 N
+    // times, M ms in all"
+    let journal = sd.journal();
+    let summary = journal
+        .lines()
+        .find_map(|l| {
+            l.split_once("paused the program of generation 1 for the proof of generation 2 ")
+        })
+        .map(|(_, rest)| rest.to_owned())
+        .unwrap_or_else(|| panic!("no pause summary in the journal:\n{journal}"));
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let times: u32 = words[0].parse().unwrap();
+    let ms: f64 = words[2].parse().unwrap();
+    assert!(times >= 1, "{summary}");
+    assert!(
+        times <= fdstore::protocol::handover::PAUSES_MAX,
+        "{summary}"
+    );
+    let total = fdstore::protocol::handover::PAUSE_TOTAL.as_secs_f64() * 1000.0;
+    assert!(ms <= total + 0.05, "{summary}");
+}
+
 on_each_systemd!(
     every_mode_refuses_a_new_version_that_never_accepts,
     unproven_is_the_only_way_to_go_without_the_proof,
@@ -679,4 +743,5 @@ on_each_systemd!(
     a_stop_during_a_slow_check_command_is_prompt,
     accept_proves_a_program_woken_alone_without_load,
     accept_proves_a_program_woken_alone_under_load,
+    pauses_for_a_program_that_never_accepts_are_bounded_and_end,
 );

@@ -26,10 +26,17 @@
 //! Probes and commands are driven by the supervisor's poll loop: they
 //! expose descriptors to poll and a time to be woken at, and each
 //! [`Readiness::step`] does only non-blocking work.
+//!
+//! A new generation that waits for a listener with `EPOLLEXCLUSIVE` gets its
+//! probes made while the old generation's program is paused ([`pause`],
+//! [`crate::protocol::handover::Message::Pause`]); the messages that asks
+//! for are sent by the loop ([`Readiness::take_messages`]).
 
 mod mode;
+mod pause;
 mod probe;
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +48,9 @@ pub use mode::ReadyMode;
 pub(crate) use mode::{HttpCheck, ReadyCheck};
 
 use crate::listen::NamedFd;
+use crate::protocol::handover::Message;
 use crate::sys::sock_diag::SockDiag;
+use pause::{PauseNow, Pauses};
 use probe::{probe_address, Target};
 
 /// The longest one run of a `command:` check may take; it is killed (with
@@ -52,6 +61,17 @@ pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const DESCRIBED_MAX: usize = 5;
 /// The pause between two runs of a `command:` check.
 const COMMAND_INTERVAL: Duration = Duration::from_millis(100);
+/// How often at most this generation's `epoll` sets are read to see
+/// whether it waits with `EPOLLEXCLUSIVE`: after [`EXCLUSIVE_LOOK_MIN`], or
+/// [`EXCLUSIVE_LOOK_COST`] times as long as the last look took (a look reads
+/// every descriptor of the generation's processes: a program with a
+/// thousand listeners takes milliseconds, one with a few, tens of
+/// microseconds), so that looking takes at most a twentieth of a core. The
+/// program registers its listener on its way to its accept loop, often
+/// after the first probes were lost: a long pause between looks would keep
+/// its probes unpaused (50 ms made the hand-over's p99 70 ms).
+const EXCLUSIVE_LOOK_MIN: Duration = Duration::from_millis(2);
+const EXCLUSIVE_LOOK_COST: u32 = 20;
 
 /// The readiness checks of one generation, in progress.
 pub(crate) struct Readiness {
@@ -63,6 +83,12 @@ pub(crate) struct Readiness {
     targets: Vec<Target>,
     diag: Option<SockDiag>,
     command: Option<CommandCheck>,
+    pauses: Pauses,
+    /// The listeners this generation was last seen to wait for with
+    /// `EPOLLEXCLUSIVE` (inodes), and when.
+    exclusive: HashSet<u64>,
+    /// When the next look may be.
+    exclusive_next: Option<Instant>,
 }
 
 impl Readiness {
@@ -133,6 +159,7 @@ impl Readiness {
                 match probe_address(listener) {
                     Ok(Some(address)) => targets.push(Target::new(
                         listener.name().to_owned(),
+                        inode_of(listener),
                         address,
                         http.cloned(),
                         false,
@@ -169,6 +196,7 @@ impl Readiness {
             match probe_address(listener) {
                 Ok(Some(address)) => targets.push(Target::new(
                     listener.name().to_owned(),
+                    inode_of(listener),
                     address,
                     None,
                     true,
@@ -214,7 +242,25 @@ impl Readiness {
             targets,
             diag,
             command,
+            pauses: Pauses::unavailable(),
+            exclusive: HashSet::new(),
+            exclusive_next: None,
         })
+    }
+
+    /// The old generation pauses its program for probes that need it.
+    pub(crate) fn allow_pauses(&mut self) {
+        self.pauses = Pauses::available();
+    }
+
+    /// The old generation's `PAUSED MS`.
+    pub(crate) fn on_paused(&mut self, ms: u64, now: Instant) {
+        self.pauses.on_paused(ms, now);
+    }
+
+    /// The messages for the old generation, in order.
+    pub(crate) fn take_messages(&mut self) -> Vec<Message> {
+        self.pauses.take_messages()
     }
 
     /// The program has started with this pid.
@@ -244,14 +290,60 @@ impl Readiness {
         }
         let root = std::process::id();
         if let Some(diag) = &mut self.diag {
+            let pause = self.pauses.now(now);
             for target in &mut self.targets {
-                target.step(now, diag, root);
+                target.step(now, diag, root, pause);
+            }
+            self.look_for_exclusive_waits(now, root);
+            if self.targets.iter().any(|t| t.waits_for_pause(now)) {
+                self.pauses.want(now);
+            } else if !self.targets.iter().any(Target::probing_paused) {
+                self.pauses.release();
             }
         }
         if let Some(command) = &mut self.command {
             command.step(now, self.program_pid, self.generation);
         }
         self.targets.iter().all(Target::passed) && self.command.as_ref().map_or(true, |c| c.passed)
+    }
+
+    /// After probes were taken by other processes: the listeners among
+    /// theirs that this generation waits for with `EPOLLEXCLUSIVE` get their
+    /// next probes paused (where the old generation takes pauses).
+    fn look_for_exclusive_waits(&mut self, now: Instant, root: u32) {
+        let mut lost = Vec::new();
+        for (i, target) in self.targets.iter_mut().enumerate() {
+            if target.take_lost() && !target.wants_pause {
+                lost.push(i);
+            }
+        }
+        if lost.is_empty() || self.pauses.now(now) == PauseNow::Unavailable {
+            return;
+        }
+        if self.exclusive_next.map_or(true, |next| now >= next) {
+            let began = Instant::now();
+            self.exclusive.clear();
+            for pid in crate::sys::proc::tree(root).into_iter().skip(1) {
+                if let Err(e) = crate::sys::proc::exclusive_epoll_targets(pid, &mut self.exclusive)
+                {
+                    debug!(pid, "reading the epoll sets of process {pid}: {e}");
+                }
+            }
+            let took = began.elapsed();
+            self.exclusive_next = Some(now + EXCLUSIVE_LOOK_MIN.max(took * EXCLUSIVE_LOOK_COST));
+        }
+        for i in lost {
+            let target = &mut self.targets[i];
+            if self.exclusive.contains(&target.inode) {
+                debug!(
+                    listener = target.name,
+                    "generation {} waits for listener {} with EPOLLEXCLUSIVE: its probes wait for the old generation's program to be paused",
+                    self.generation,
+                    target.name
+                );
+                target.want_pause(now);
+            }
+        }
     }
 
     /// The descriptors whose events move a check on.
@@ -275,7 +367,11 @@ impl Readiness {
             }
             return wake;
         }
-        for t in self.targets.iter().filter_map(Target::next_wake) {
+        let awaited = self.pauses.awaited();
+        for t in self.targets.iter().filter_map(|t| t.next_wake(awaited)) {
+            consider(t);
+        }
+        if let Some(t) = self.pauses.next_wake(now) {
             consider(t);
         }
         if let Some(t) = self.command.as_ref().and_then(CommandCheck::next_wake) {
@@ -329,6 +425,11 @@ impl Readiness {
         }
         format!("--ready {}: {}{hint}", self.mode, missing.join("; "))
     }
+}
+
+/// The inode of a listener (0 when it cannot be read: matched by nothing).
+fn inode_of(listener: &NamedFd) -> u64 {
+    rustix::fs::fstat(listener).map_or(0, |s| s.st_ino)
 }
 
 /// A `command:` check: one run at a time, as a child process watched

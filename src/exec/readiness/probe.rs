@@ -11,6 +11,13 @@
 //! the acceptor is known, so the old generation only sees a connection that
 //! closes at once; an `http:` probe then sends one `GET` and reads the
 //! answer to its end before closing, so no reset reaches the program.
+//!
+//! A program that waits with `EPOLLEXCLUSIVE` is woken alone, and the
+//! kernel wakes the first such waiter that is waiting: the idle old
+//! generation, registered first, would take every probe. Once a probe was
+//! taken by another process and this generation's tree watches the listener
+//! that way, the listener's next probes are made while the old generation's
+//! program is paused ([`super::pause`]), where the old one takes pauses.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +32,7 @@ use rustix::net::{
 };
 
 use super::mode::HttpCheck;
+use super::pause::PauseNow;
 use crate::kind::FdKind;
 use crate::listen::NamedFd;
 use crate::sys::proc::{holds_socket, tree};
@@ -45,6 +53,10 @@ const RETRY_MAX: Duration = Duration::from_millis(100);
 /// to [`LOOK_MAX`], which bounds how late an accepted probe is seen (one
 /// `sock_diag` query per look).
 const LOOK_MIN: Duration = Duration::from_millis(1);
+/// The first look at a probe made while the old generation's program is
+/// paused: every moment of the pause stalls the old program's clients, and
+/// the new program, woken alone, accepts within a fraction of a millisecond.
+const PAUSED_LOOK_MIN: Duration = Duration::from_micros(100);
 const LOOK_MAX: Duration = Duration::from_millis(10);
 /// How long an accepted `http:` probe may take to be answered.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,6 +149,8 @@ struct Tally {
     unseen: u64,
     /// Probes accepted by this generation (for `http:`).
     by_us: u64,
+    /// Probes made while the old generation's program was paused.
+    paused: u64,
     /// The last thing that went wrong, in words.
     last_problem: Option<String>,
 }
@@ -147,6 +161,14 @@ pub(crate) struct Target {
     pub(crate) name: String,
     /// Probed for the proof every mode includes, not for a check given.
     pub(crate) implied: bool,
+    /// The listener's inode.
+    pub(crate) inode: u64,
+    /// Its probes wait for the old generation to be paused: one was taken
+    /// by another process, and this generation waits for the listener with
+    /// `EPOLLEXCLUSIVE`.
+    pub(crate) wants_pause: bool,
+    /// A probe was taken by another process since [`Target::take_lost`].
+    lost: bool,
     address: Address,
     http: Option<HttpCheck>,
     passed: bool,
@@ -157,6 +179,8 @@ pub(crate) struct Target {
 }
 
 struct Attempt {
+    /// Made while the old generation's program was paused.
+    paused: bool,
     socket: OwnedFd,
     /// The probe's own end: its TCP address, or its Unix socket's inode.
     client: Client,
@@ -199,6 +223,7 @@ enum Step {
 impl Target {
     pub(crate) fn new(
         name: String,
+        inode: u64,
         address: Address,
         http: Option<HttpCheck>,
         implied: bool,
@@ -206,6 +231,9 @@ impl Target {
         Target {
             name,
             implied,
+            inode,
+            wants_pause: false,
+            lost: false,
             address,
             http,
             passed: false,
@@ -228,9 +256,37 @@ impl Target {
         }
     }
 
-    /// When this target wants to be stepped again.
-    pub(crate) fn next_wake(&self) -> Option<Instant> {
+    /// Whether its next probe is due and waits for a pause at `now`.
+    pub(crate) fn waits_for_pause(&self, now: Instant) -> bool {
+        !self.passed && self.wants_pause && self.attempt.is_none() && now >= self.next_try
+    }
+
+    /// Whether a probe made under a pause is under way.
+    pub(crate) fn probing_paused(&self) -> bool {
+        self.attempt.as_ref().is_some_and(|a| a.paused)
+    }
+
+    /// Whether a probe was taken by another process since the last call.
+    pub(crate) fn take_lost(&mut self) -> bool {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// Its next probe waits for a pause, and is due at once.
+    pub(crate) fn want_pause(&mut self, now: Instant) {
+        if !self.wants_pause {
+            self.wants_pause = true;
+            self.next_try = self.next_try.min(now);
+            self.retry = RETRY_MIN;
+        }
+    }
+
+    /// When this target wants to be stepped again (`None` while it waits
+    /// for a pause that is on its way: the answer or its end wakes the loop).
+    pub(crate) fn next_wake(&self, pause_awaited: bool) -> Option<Instant> {
         if self.passed {
+            return None;
+        }
+        if pause_awaited && self.wants_pause && self.attempt.is_none() {
             return None;
         }
         Some(match &self.attempt {
@@ -243,8 +299,9 @@ impl Target {
     }
 
     /// Moves the probe on; `root` is fdstore-exec's own pid, whose process
-    /// tree (less itself) is this generation's.
-    pub(crate) fn step(&mut self, now: Instant, diag: &mut SockDiag, root: u32) {
+    /// tree (less itself) is this generation's; `pause` says whether the old
+    /// generation's program is paused now.
+    pub(crate) fn step(&mut self, now: Instant, diag: &mut SockDiag, root: u32, pause: PauseNow) {
         if self.passed {
             return;
         }
@@ -252,7 +309,13 @@ impl Target {
             if now < self.next_try {
                 return;
             }
-            match self.connect(now) {
+            let paused = match pause {
+                _ if !self.wants_pause => false,
+                PauseNow::Unavailable => false,
+                PauseNow::Pending => return,
+                PauseNow::Granted => true,
+            };
+            match self.connect(now, paused) {
                 Ok(attempt) => self.attempt = Some(attempt),
                 Err(problem) => return self.retry_later(now, Some(problem)),
             }
@@ -261,6 +324,7 @@ impl Target {
         if now < attempt.next_look && !matches!(attempt.phase, Phase::Answering { .. }) {
             return;
         }
+        let others = self.tally.by_others;
         let step = attempt.step(
             now,
             diag,
@@ -269,6 +333,7 @@ impl Target {
             self.http.as_ref(),
             &mut self.tally,
         );
+        self.lost |= self.tally.by_others > others;
         match step {
             Step::Wait => {}
             Step::Passed => {
@@ -290,7 +355,7 @@ impl Target {
         self.retry = (self.retry * 2).min(RETRY_MAX);
     }
 
-    fn connect(&self, now: Instant) -> Result<Attempt, String> {
+    fn connect(&mut self, now: Instant, paused: bool) -> Result<Attempt, String> {
         let (family, kind) = match &self.address {
             Address::Tcp(a) if a.is_ipv4() => (AddressFamily::INET, SocketType::STREAM),
             Address::Tcp(_) => (AddressFamily::INET6, SocketType::STREAM),
@@ -326,12 +391,16 @@ impl Target {
                     .ino(),
             ),
         };
+        if paused {
+            self.tally.paused += 1;
+        }
         Ok(Attempt {
+            paused,
             socket,
             client,
             phase: Phase::Connecting { since: now },
             next_look: now,
-            look: LOOK_MIN,
+            look: if paused { PAUSED_LOOK_MIN } else { LOOK_MIN },
         })
     }
 
@@ -356,6 +425,12 @@ impl Target {
         }
         if t.by_us > 0 {
             notes.push(format!("{} accepted by it", t.by_us));
+        }
+        if t.paused > 0 {
+            notes.push(format!(
+                "{} made while the old generation's program was paused, as it waits with EPOLLEXCLUSIVE",
+                t.paused
+            ));
         }
         if t.unseen > 0 {
             notes.push(format!("{} closed before its acceptor was seen", t.unseen));
@@ -411,7 +486,11 @@ impl Attempt {
                             }
                         }
                         self.phase = Phase::Queued { since: *since };
-                        self.look = LOOK_MIN;
+                        self.look = if self.paused {
+                            PAUSED_LOOK_MIN
+                        } else {
+                            LOOK_MIN
+                        };
                     }
                     Err(_) => {
                         if let Ok(Err(e)) = sockopt::socket_error(&self.socket) {
@@ -660,7 +739,7 @@ mod tests {
     /// `lost` of them in a row.
     fn pauses_after(lost: usize) -> Vec<Duration> {
         let address = Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let mut target = Target::new("web".into(), address, None, true);
+        let mut target = Target::new("web".into(), 0, address, None, true);
         let now = Instant::now();
         (0..lost)
             .map(|_| {
@@ -668,6 +747,60 @@ mod tests {
                 target.next_try - now
             })
             .collect()
+    }
+
+    #[test]
+    fn a_target_that_wants_a_pause_probes_only_under_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = Address::Tcp(listener.local_addr().unwrap());
+        let mut diag = SockDiag::open().unwrap();
+        let root = std::process::id();
+        let now = Instant::now();
+        let target = || Target::new("web".into(), 0, address.clone(), None, true);
+
+        let mut waiting = target();
+        waiting.want_pause(now);
+        waiting.step(now, &mut diag, root, PauseNow::Pending);
+        assert!(waiting.attempt.is_none() && waiting.waits_for_pause(now));
+        assert_eq!(waiting.next_wake(true), None, "woken by the answer");
+        assert_eq!(waiting.next_wake(false), Some(now));
+        waiting.step(now, &mut diag, root, PauseNow::Granted);
+        assert!(waiting.probing_paused() && !waiting.waits_for_pause(now));
+        assert_eq!(waiting.tally.paused, 1);
+
+        // Where no pause can be had, it probes all the same.
+        let mut refused = target();
+        refused.want_pause(now);
+        refused.step(now, &mut diag, root, PauseNow::Unavailable);
+        assert!(refused.attempt.is_some() && !refused.probing_paused());
+
+        // One that does not want a pause does not use one.
+        let mut plain = target();
+        plain.step(Instant::now(), &mut diag, root, PauseNow::Granted);
+        assert!(plain.attempt.is_some() && !plain.probing_paused());
+    }
+
+    #[test]
+    fn a_probe_taken_by_another_process_is_reported_lost_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = Address::Tcp(listener.local_addr().unwrap());
+        let mut diag = SockDiag::open().unwrap();
+        // The "generation" is this process's children: this process
+        // itself, which accepts here, is another process.
+        let root = std::process::id();
+        let mut target = Target::new("web".into(), 0, address, None, true);
+        let start = Instant::now();
+        target.step(start, &mut diag, root, PauseNow::Unavailable);
+        let (_accepted, _) = listener.accept().unwrap();
+        let lost = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            target.step(Instant::now(), &mut diag, root, PauseNow::Unavailable);
+            target.tally.by_others > 0
+        });
+        assert!(lost, "the probe was not seen accepted elsewhere");
+        assert!(!target.passed());
+        assert!(target.take_lost());
+        assert!(!target.take_lost(), "reported once");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::super::config::{fail, ExecError, Outcome};
 use super::super::spawn::spawn_successor;
@@ -172,8 +172,57 @@ impl MainState {
                 let _ = connection.reply(&answer.reply());
             }
             Action::BeginDrain { .. } => unreachable!("drive hands over"),
+            Action::Pause { for_at_most } => {
+                let now = Instant::now();
+                if self.paused.is_none() {
+                    match shared.generation.pause(now) {
+                        Ok(paused) => self.paused = Some(paused),
+                        Err(e) => {
+                            warn!("pausing for a probe of generation {}: {e}", number + 1);
+                            self.tell_successor(&Message::Paused(0));
+                            return vec![Event::ResumeAsked];
+                        }
+                    }
+                }
+                self.pause_owed = Some(now + for_at_most);
+                self.answer_pause(now);
+            }
+            Action::DeclinePause => self.tell_successor(&Message::Paused(0)),
+            Action::Resume => {
+                self.paused = None;
+                self.pause_owed = None;
+            }
         }
         Vec::new()
+    }
+
+    /// Tells the new generation `PAUSED` once the program's stop took
+    /// effect (see [`super::generation::Paused::settled`]): a probe sent
+    /// before would wake a thread that has not stopped yet.
+    fn answer_pause(&mut self, now: Instant) {
+        let (Some(end), Some(paused)) = (self.pause_owed, &mut self.paused) else {
+            return;
+        };
+        if !paused.settled(now) {
+            return;
+        }
+        self.pause_owed = None;
+        // Rounded up: 0 would say that it is not paused.
+        let left = end
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000);
+        self.tell_successor(&Message::Paused(left.max(1) as u64));
+    }
+
+    /// Sends `message` to the new generation; a failure shows as the
+    /// channel's end or error when it is next read.
+    fn tell_successor(&self, message: &Message) {
+        if let Some(channel) = &self.handover {
+            if let Err(e) = channel.send(message) {
+                debug!(?message, "telling the new generation: {e}");
+            }
+        }
     }
 
     /// The manager's barrier pipe is readable: `MAINPID=` was processed
@@ -204,6 +253,7 @@ impl MainState {
     /// The waits of a reload that have deadlines or no descriptor of their
     /// own (room made, the barrier's timeout), then the machine's tick.
     pub(super) fn on_timers(mut self, shared: &mut Shared<'_>, now: Instant) -> Role {
+        self.answer_pause(now);
         if let Some(making) = &self.making_room {
             if let Some(made) = self.older.room_made(making, now) {
                 self.making_room = None;

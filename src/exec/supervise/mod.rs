@@ -91,16 +91,17 @@ pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> 
         .map_err(|e| fail(sysexits::OSERR, format!("blocking signals: {e}")))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| fail(sysexits::OSERR, format!("creating a signalfd: {e}")))?;
-    let (number, managed, predecessor) = match inherited.handover? {
-        Some((inheritance, channel, older)) => {
-            let _ = channel.send(&Message::Hello(std::process::id()));
+    let (number, managed, pauses, predecessor) = match inherited.handover? {
+        Some(p) => {
+            let _ = p.channel.send(&Message::Hello(std::process::id()));
             (
-                inheritance.generation,
-                inheritance.managed,
-                Some((channel, older)),
+                p.inheritance.generation,
+                p.inheritance.managed,
+                p.pauses,
+                Some((p.channel, p.older)),
             )
         }
-        None => (1, Vec::new(), None),
+        None => (1, Vec::new(), false, None),
     };
     let started = inherited
         .listeners
@@ -113,6 +114,7 @@ pub fn run(config: &Config, inherited: Inherited) -> Result<Outcome, ExecError> 
                 number,
                 &managed,
                 predecessor.is_none(),
+                pauses,
             )
         });
     let (shared, control, reload) = match started {
@@ -227,7 +229,13 @@ fn check_timers(shared: &mut Shared<'_>, role: Role) -> Result<Flow, ExecError> 
     let now = Instant::now();
     let mut role = role;
     if shared.waiting_for_ready(&role) {
-        if shared.readiness.as_mut().is_some_and(|r| r.step(now)) {
+        let ready = shared.readiness.as_mut().is_some_and(|r| r.step(now));
+        if let (Some(readiness), Role::Successor(s)) = (&mut shared.readiness, &role) {
+            for message in readiness.take_messages() {
+                s.tell_predecessor(&message);
+            }
+        }
+        if ready {
             shared.readiness = None;
             on_program_ready(shared, &role);
         }

@@ -15,6 +15,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::super::relay::RelayMessage;
+use super::generation::Paused;
 use crate::protocol::control::{ControlConnection, ControlEndpoint};
 use crate::protocol::generations::{MakingRoom, OlderGenerations};
 use crate::protocol::handover::Channel;
@@ -74,6 +75,12 @@ pub(super) struct MainState {
     /// During a reload: `MAINPID=` was sent, and the machine waits for
     /// [`crate::reload::Event::MainPidSent`] until the manager processed it.
     pub(super) barrier: Option<Barrier>,
+    /// During a reload: the program is stopped for a probe of the new
+    /// generation, until this is dropped.
+    pub(super) paused: Option<Paused>,
+    /// The end of the pause, to tell the new generation once the stop took
+    /// effect.
+    pub(super) pause_owed: Option<Instant>,
 }
 
 /// The wait for the manager to process `MAINPID=` (`BARRIER=1`), polled
@@ -164,6 +171,8 @@ impl SuccessorState {
             last_reload: Some(format!("last reload took {took_ms} ms")),
             making_room: None,
             barrier: None,
+            paused: None,
+            pause_owed: None,
         };
         (main, self.queued, counted)
     }
@@ -189,6 +198,8 @@ impl MainState {
             last_reload: None,
             making_room: None,
             barrier: None,
+            paused: None,
+            pause_owed: None,
         }
     }
 
@@ -317,6 +328,9 @@ impl Role {
                 wakes.extend(m.reload.deadline());
                 wakes.extend(m.making_room.as_ref().map(|r| r.deadline));
                 wakes.extend(m.barrier.as_ref().map(|b| b.deadline));
+                if m.pause_owed.is_some() {
+                    wakes.extend(m.paused.as_ref().and_then(|p| p.next_look()));
+                }
             }
             Role::Draining(d) => wakes.extend(d.next_wake(now, program_exited)),
         }

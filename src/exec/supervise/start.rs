@@ -18,7 +18,7 @@ use super::shared::Shared;
 use crate::notify::Notifier;
 use crate::protocol::control::{cgroup_of, ControlConnection, ControlEndpoint};
 use crate::protocol::generations::OlderGenerations;
-use crate::protocol::handover::{Channel, Inheritance, HANDOVER_ENV};
+use crate::protocol::handover::{Channel, Inheritance, HANDOVER_ENV, PAUSE_ENV};
 use crate::protocol::sysexits;
 use crate::reload::Reload;
 
@@ -33,7 +33,17 @@ use crate::reload::Reload;
 #[derive(Debug)]
 pub struct Inherited {
     pub(super) listeners: Result<crate::ListenFds, crate::ListenError>,
-    pub(super) handover: Result<Option<(Inheritance, Channel, OlderGenerations)>, ExecError>,
+    pub(super) handover: Result<Option<Predecessor>, ExecError>,
+}
+
+/// What a new generation inherited from the one that started it.
+#[derive(Debug)]
+pub(super) struct Predecessor {
+    pub(super) inheritance: Inheritance,
+    pub(super) channel: Channel,
+    pub(super) older: OlderGenerations,
+    /// It pauses its program for this generation's probes ([`PAUSE_ENV`]).
+    pub(super) pauses: bool,
 }
 
 impl Inherited {
@@ -52,7 +62,9 @@ impl Inherited {
 
 /// Takes the hand-over channel, and those to the older generations still
 /// draining, when this process was started by a previous generation.
-fn take_inheritance() -> Result<Option<(Inheritance, Channel, OlderGenerations)>, ExecError> {
+fn take_inheritance() -> Result<Option<Predecessor>, ExecError> {
+    let pauses = std::env::var_os(PAUSE_ENV).is_some_and(|v| v == "1");
+    std::env::remove_var(PAUSE_ENV);
     let Some(value) = std::env::var_os(HANDOVER_ENV) else {
         return Ok(None);
     };
@@ -67,11 +79,17 @@ fn take_inheritance() -> Result<Option<(Inheritance, Channel, OlderGenerations)>
         )
     })?;
     let older = OlderGenerations::inherit(&inheritance).map_err(|e| fail(sysexits::CONFIG, e))?;
-    Ok(Some((inheritance, Channel::from_fd(fd), older)))
+    Ok(Some(Predecessor {
+        inheritance,
+        channel: Channel::from_fd(fd),
+        older,
+        pauses,
+    }))
 }
 
 /// Starts this generation's program; the control endpoint and the reload
-/// machine come back for the role.
+/// machine come back for the role. `pausing_predecessor`: the previous
+/// generation pauses its program for this one's probes.
 pub(super) fn start<'c>(
     config: &'c Config,
     signal_fd: SignalFd,
@@ -79,12 +97,16 @@ pub(super) fn start<'c>(
     number: u64,
     previously_managed: &[String],
     is_main: bool,
+    pausing_predecessor: bool,
 ) -> Result<(Shared<'c>, ControlEndpoint, Reload<ControlConnection>), ExecError> {
     let notifier = Notifier::from_env().map_err(|e| fail(sysexits::CONFIG, e.to_string()))?;
     let specs = all_specs(&config.listen, config.listen_file.as_deref())?;
     let listeners = gather(&specs, received, previously_managed, is_main, &notifier)?;
     let mut readiness = Readiness::new(&config.ready, &listeners.active, number)
         .map_err(|e| fail(sysexits::USAGE, e))?;
+    if pausing_predecessor {
+        readiness.allow_pauses();
+    }
     let relay = NotifyRelay::bind()
         .map_err(|e| fail(sysexits::OSERR, format!("notification socket: {e}")))?;
     // Before the program starts: a generation without its control
@@ -123,6 +145,6 @@ pub(super) fn start<'c>(
         readiness: Some(readiness),
         outsiders: LogLimit::new(OUTSIDER_LINES, OUTSIDER_WINDOW),
     };
-    let reload = Reload::new(number, pid, config.ready_timeout);
+    let reload = Reload::new(number, pid, config.ready_timeout).pausing();
     Ok((shared, control, reload))
 }

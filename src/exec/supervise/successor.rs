@@ -56,6 +56,12 @@ impl SuccessorState {
                 Some(Message::Main(took)) => {
                     return Role::Main(self.become_main(shared, took));
                 }
+                Some(Message::Paused(ms)) => match &mut shared.readiness {
+                    Some(readiness) => readiness.on_paused(ms, Instant::now()),
+                    // Ready already: the old side ends the pause by itself.
+                    None if ms > 0 => self.tell_predecessor(&Message::Resume),
+                    None => {}
+                },
                 Some(other) => debug!(?other, "unexpected message from the old generation"),
                 None => {
                     warn!(
@@ -97,6 +103,14 @@ impl SuccessorState {
             "generation {number} is the main process"
         );
         main
+    }
+
+    /// Sends `message` to the old generation; a failure shows as the
+    /// channel's end when it is next read.
+    pub(super) fn tell_predecessor(&self, message: &Message) {
+        if let Err(e) = self.predecessor.send(message) {
+            debug!(?message, "telling the old generation: {e}");
+        }
     }
 
     /// The program is ready: tell the old generation.
