@@ -25,6 +25,10 @@
 //! - `control: kill`: the server is killed outright once, which must show
 //!   failed requests (proof that failures are counted).
 //!
+//! `FDSTORE_BENCH_WAIT=exclusive` runs every scenario's hello_http with
+//! `--wait exclusive` (`epoll` with `EPOLLEXCLUSIVE`, as nginx waits)
+//! instead of `poll`.
+//!
 //! Also measured: reload round trip minus the program's own time to ready,
 //! fdstore-exec's resident memory, its wake-ups while idle, and the time to
 //! hand over 1,000 listeners against one.
@@ -130,9 +134,11 @@ fn main() {
     let (new_connection, keep_alive) = clients();
     println!(
         "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
-         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd {}\n",
+         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd {}, \
+         hello_http --wait {}\n",
         interval.as_millis(),
-        systemd_version().number()
+        systemd_version().number(),
+        server_wait()
     );
     let kinds = [
         Kind::HandoverSocket,
@@ -244,6 +250,19 @@ fn ready_option() -> String {
     }
 }
 
+/// How hello_http waits for connections: `poll`, or `exclusive` from
+/// `FDSTORE_BENCH_WAIT`.
+fn server_wait() -> &'static str {
+    match std::env::var("FDSTORE_BENCH_WAIT").as_deref() {
+        Err(_) | Ok("") | Ok("poll") => "poll",
+        Ok("exclusive") => "exclusive",
+        Ok(other) => {
+            eprintln!("bench: FDSTORE_BENCH_WAIT must be poll or exclusive, got {other:?}");
+            std::process::exit(64)
+        }
+    }
+}
+
 /// Load clients per mode: the defaults, or `FDSTORE_BENCH_CLIENTS` (the
 /// same count for both modes; 0 measures reloads with no load at all).
 fn clients() -> (usize, usize) {
@@ -261,7 +280,7 @@ fn clients() -> (usize, usize) {
 
 fn units(paths: &Paths, kind: Kind, port: u16, config_path: &Path) -> Vec<(String, String)> {
     let fe = paths.fdstore_exec.display();
-    let server = paths.server.display();
+    let server = format!("{} --wait {}", paths.server.display(), server_wait());
     let config = config_path.display();
     let ready = ready_option();
     let common = "Type=notify\nKillMode=mixed\nTimeoutStartSec=30\nTimeoutStopSec=20\n";

@@ -26,6 +26,13 @@
 //! - `--noop-reload`: a SIGHUP is answered as `Type=notify-reload` asks
 //!   (`RELOADING=1`, then `READY=1`) and changes nothing: the benchmark's
 //!   no-op reload for that unit type.
+//! - `--wait poll` (the default) or `--wait exclusive`: how it waits for a
+//!   connection: `poll(2)`, which wakes every generation waiting on the
+//!   shared listener for each connection (as tokio and Go do), or `epoll`
+//!   with `EPOLLEXCLUSIVE`, which wakes one (as nginx does; fdstore-exec's
+//!   accept proof then pauses the old generation for its probes). Both also
+//!   try an accept at every tick, so that a wake-up taken by a generation
+//!   that began to drain does not leave a connection waiting.
 //! - `--burn-cpu MS`: uses MS milliseconds of CPU time and exits, doing
 //!   nothing else: the benchmark's `ExecReload=` that costs the machine as
 //!   much CPU as a hand-over and hands nothing over (a control that tells
@@ -33,6 +40,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,11 +130,25 @@ fn main() {
                 })
             })
     };
+    let exclusive = match args.iter().position(|a| a == "--wait") {
+        None => false,
+        Some(i) => match args.get(i + 1).map(String::as_str) {
+            Some("poll") => false,
+            Some("exclusive") => true,
+            other => {
+                eprintln!("hello_http: --wait takes poll or exclusive, not {other:?}");
+                std::process::exit(64);
+            }
+        },
+    };
     let accept_after = option("--accept-after").map(Duration::from_millis);
     let never_accept = args.iter().any(|a| a == "--never-accept");
     let health = option("--health-status").unwrap_or(200) as u16;
     let body = Arc::new(format!("{greeting} (pid {})\n", std::process::id()));
     let open = Arc::new(AtomicUsize::new(0));
+    // Before READY=1: a program that waits with EPOLLEXCLUSIVE is seen to
+    // by fdstore-exec's accept proof from its registration.
+    let set = exclusive.then(|| exclusive_set(&listener));
     let _ = notifier.notify(&[
         Notification::Ready,
         Notification::Status(&format!("serving: {greeting}")),
@@ -141,7 +163,7 @@ fn main() {
             std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
         }
     }
-    accept_until_draining(&listener, &body, health, &open, drain_idle);
+    accept_until_draining(&listener, set, &body, health, &open, drain_idle);
     drop(listener);
     // Let open connections finish.
     let started = Instant::now();
@@ -203,19 +225,47 @@ fn bind_own(spec: &str) -> TcpListener {
     TcpListener::from(fd.into_fd())
 }
 
+/// An `epoll` set that waits for `listener` with `EPOLLEXCLUSIVE`. It, not
+/// the listener (which other generations share), holds this process's
+/// place in the listener's queue of exclusive waiters: it is closed when
+/// the drain begins.
+fn exclusive_set(listener: &TcpListener) -> OwnedFd {
+    use rustix::event::epoll;
+    let set = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create");
+    epoll::add(
+        &set,
+        listener,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN | epoll::EventFlags::EXCLUSIVE,
+    )
+    .expect("EPOLL_CTL_ADD");
+    set
+}
+
+/// Accepts until the drain begins, waiting with `set` (from
+/// [`exclusive_set`]) or else with `poll`.
 fn accept_until_draining(
     listener: &TcpListener,
+    set: Option<OwnedFd>,
     body: &Arc<String>,
     health: u16,
     open: &Arc<AtomicUsize>,
     drain_idle: Duration,
 ) {
-    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::event::{epoll, poll, PollFd, PollFlags};
     let tick = rustix::time::Timespec::try_from(TICK).expect("a small duration");
+    let mut events = [std::mem::MaybeUninit::uninit(); 1];
     while !DRAINING.load(Ordering::SeqCst) {
-        let mut ready = [PollFd::new(listener, PollFlags::IN)];
-        if !matches!(poll(&mut ready, Some(&tick)), Ok(n) if n > 0) {
-            continue;
+        // A timeout or an interrupted wait (SIGSTOP and SIGCONT): an accept
+        // is tried all the same, and fails at once when nothing waits.
+        match &set {
+            None => {
+                let mut ready = [PollFd::new(listener, PollFlags::IN)];
+                let _ = poll(&mut ready, Some(&tick));
+            }
+            Some(set) => {
+                let _ = epoll::wait(set, &mut events[..], Some(&tick));
+            }
         }
         match listener.accept() {
             Ok((stream, _)) => {
