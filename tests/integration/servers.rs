@@ -1,5 +1,5 @@
 //! The server recipes of `units/` with the real servers from Debian's
-//! archive (gunicorn with sync, gthread and uvicorn workers, lighttpd) under
+//! archive (gunicorn with sync, gthread and uvicorn workers, lighttpd, nginx) under
 //! real systemd: each starts as shipped (paths and port adapted), reloads
 //! under load from `wrk` and from the project's own clients, rolls back a
 //! broken application, and stops cleanly.
@@ -378,6 +378,14 @@ fn recipe_reloads_under_load_and_rolls_back(sd: &Systemd, recipe: Recipe) {
                 ours.describe()
             );
         }
+        // nginx's workers get the quit one after the other, and one that has
+        // not yet takes the reconnection of a client whose connection the
+        // other just closed, and may close it again: more than one request
+        // per connection per reload, in its own reload as in a hand-over
+        // (13 against a ceiling of 12 seen once). The bound below holds.
+        "nginx.service" => {
+            assert_eq!(ours.new_connection.failed(), 0, "{}", ours.describe());
+        }
         _ => {}
     }
     let pairs = [
@@ -427,9 +435,14 @@ fn lighttpd(sd: &Systemd) {
     recipe_reloads_under_load_and_rolls_back(sd, RECIPES[3]);
 }
 
+fn nginx(sd: &Systemd) {
+    recipe_reloads_under_load_and_rolls_back(sd, RECIPES[4]);
+}
+
 on_each_systemd!(
     gunicorn_sync,
     gunicorn_gthread,
     gunicorn_uvicorn_workers,
-    lighttpd
+    lighttpd,
+    nginx
 );

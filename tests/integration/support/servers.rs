@@ -1,5 +1,5 @@
 //! The server recipes of `units/` (gunicorn, gunicorn with uvicorn workers,
-//! lighttpd) run as shipped, but for the paths and the port, by
+//! lighttpd, nginx) run as shipped, but for the paths and the port, by
 //! `tests/integration/servers.rs` and the benchmark; and `wrk`, the
 //! third-party load generator they are measured with.
 
@@ -27,10 +27,12 @@ pub enum Server {
     GunicornAsgi,
     /// lighttpd with a static site.
     Lighttpd,
+    /// nginx with a static site (workers that wait with `EPOLLEXCLUSIVE`).
+    Nginx,
 }
 
 /// Every recipe, in the order the manual lists them.
-pub const RECIPES: [Recipe; 4] = [
+pub const RECIPES: [Recipe; 5] = [
     Recipe {
         unit: "gunicorn.service",
         server: Server::GunicornWsgi,
@@ -46,6 +48,10 @@ pub const RECIPES: [Recipe; 4] = [
     Recipe {
         unit: "lighttpd.service",
         server: Server::Lighttpd,
+    },
+    Recipe {
+        unit: "nginx.service",
+        server: Server::Nginx,
     },
 ];
 
@@ -71,10 +77,11 @@ fn adapt(text: String, what: &str, from: &str, to: &str) -> String {
 impl Recipe {
     /// The signal of the server's own graceful reload, for comparison:
     /// gunicorn's SIGHUP (new workers, old ones drained as by the stop),
-    /// lighttpd's SIGUSR1 (graceful restart).
+    /// lighttpd's SIGUSR1 (graceful restart), nginx's SIGHUP (new workers,
+    /// old ones shut down gracefully).
     pub fn own_reload_signal(self) -> &'static str {
         match self.server {
-            Server::GunicornWsgi | Server::GunicornAsgi => "SIGHUP",
+            Server::GunicornWsgi | Server::GunicornAsgi | Server::Nginx => "SIGHUP",
             Server::Lighttpd => "SIGUSR1",
         }
     }
@@ -153,6 +160,58 @@ impl Recipe {
                 std::fs::write(&config, &text).unwrap();
                 std::fs::write(dir.join("fdstore.conf.good"), text).unwrap();
             }
+            Server::Nginx => {
+                let socket = adapt(
+                    shipped("nginx.socket"),
+                    "units/nginx.socket",
+                    "ListenStream=[::]:8081",
+                    &format!("ListenStream=127.0.0.1:{port}"),
+                );
+                sd.install(&[("nginx.socket", &socket)]);
+                let config = dir.join("fdstore.conf");
+                unit = adapt(
+                    unit,
+                    &what,
+                    "/etc/nginx/fdstore.conf",
+                    &config.display().to_string(),
+                );
+                let what = "units/nginx-fdstore.conf";
+                let mut text = shipped("nginx-fdstore.conf");
+                text = adapt(
+                    text,
+                    what,
+                    "listen [::]:8081;",
+                    &format!("listen 127.0.0.1:{port};"),
+                );
+                text = adapt(
+                    text,
+                    what,
+                    "/srv/www",
+                    &dir.join("www").display().to_string(),
+                );
+                // Some of the private managers run the unit where only
+                // root is mapped (nginx's chown of its temporary
+                // directories to www-data fails with EINVAL there).
+                text = adapt(text, what, "user www-data;", "user root;");
+                // A user manager's RuntimeDirectory= is under
+                // $XDG_RUNTIME_DIR: the run's directory instead, writable
+                // under ProtectSystem=strict.
+                let run = dir.join("run");
+                std::fs::create_dir_all(&run).unwrap();
+                unit = adapt(
+                    unit,
+                    &what,
+                    "RuntimeDirectory=nginx-fdstore\n",
+                    &format!(
+                        "RuntimeDirectory=nginx-fdstore\nReadWritePaths={}\n",
+                        run.display()
+                    ),
+                );
+                text = adapt(text, what, "/run/nginx-fdstore", &run.display().to_string());
+                std::fs::create_dir_all(dir.join("www")).unwrap();
+                std::fs::write(&config, &text).unwrap();
+                std::fs::write(dir.join("fdstore.conf.good"), text).unwrap();
+            }
         }
         self.set_version(dir, "1");
         sd.install(&[(self.unit, &unit)]);
@@ -160,18 +219,22 @@ impl Recipe {
 
     /// Puts version `version` of the application (or site) in place for the
     /// next start; `broken` is one that fails at start-up (an application
-    /// that fails to import, a configuration lighttpd rejects).
+    /// that fails to import, a configuration lighttpd or nginx rejects).
     pub fn set_version(self, dir: &Path, version: &str) {
         match self.server {
             Server::GunicornWsgi | Server::GunicornAsgi => {
                 write_atomically(&dir.join("version"), &format!("{version}\n"));
             }
-            Server::Lighttpd => {
+            Server::Lighttpd | Server::Nginx => {
                 let config = dir.join("fdstore.conf");
                 let good = dir.join("fdstore.conf.good");
                 if version == "broken" {
                     let mut text = std::fs::read_to_string(&good).unwrap();
-                    text.push_str("server.this-is-not-a-setting = \n");
+                    text.push_str(if self.server == Server::Lighttpd {
+                        "server.this-is-not-a-setting = \n"
+                    } else {
+                        "this_is_not_a_directive on;\n"
+                    });
                     write_atomically(&config, &text);
                 } else {
                     write_atomically(&config, &std::fs::read_to_string(&good).unwrap());
