@@ -29,8 +29,8 @@
 //!
 //! A new generation that waits for a listener with `EPOLLEXCLUSIVE` gets its
 //! probes made while the old generation's program is paused ([`pause`],
-//! [`crate::protocol::handover::Message::Pause`]); the messages that asks
-//! for are sent by the loop ([`Readiness::take_messages`]).
+//! [`crate::protocol::handover::Message::Pause`]); the messages that
+//! needs are sent by the loop ([`Readiness::take_messages`]).
 
 mod mode;
 mod pause;
@@ -85,7 +85,7 @@ pub(crate) struct Readiness {
     command: Option<CommandCheck>,
     pauses: Pauses,
     /// The listeners this generation was last seen to wait for with
-    /// `EPOLLEXCLUSIVE` (inodes), and when.
+    /// `EPOLLEXCLUSIVE` (their inodes).
     exclusive: HashSet<u64>,
     /// When the next look may be.
     exclusive_next: Option<Instant>,

@@ -175,6 +175,20 @@ impl Recipe {
                     "/etc/nginx/fdstore.conf",
                     &config.display().to_string(),
                 );
+                // A user manager's RuntimeDirectory= is under
+                // $XDG_RUNTIME_DIR: the run's directory instead, writable
+                // under ProtectSystem=strict.
+                let run = dir.join("run");
+                std::fs::create_dir_all(&run).unwrap();
+                unit = adapt(
+                    unit,
+                    &what,
+                    "RuntimeDirectory=nginx-fdstore\n",
+                    &format!(
+                        "RuntimeDirectory=nginx-fdstore\nReadWritePaths={}\n",
+                        run.display()
+                    ),
+                );
                 let what = "units/nginx-fdstore.conf";
                 let mut text = shipped("nginx-fdstore.conf");
                 text = adapt(
@@ -190,23 +204,10 @@ impl Recipe {
                     &dir.join("www").display().to_string(),
                 );
                 // Some of the private managers run the unit where only
-                // root is mapped (nginx's chown of its temporary
-                // directories to www-data fails with EINVAL there).
+                // root is mapped: nginx's chown of its temporary
+                // directories to its worker user fails there (EINVAL, seen
+                // on 254 and 257).
                 text = adapt(text, what, "user www-data;", "user root;");
-                // A user manager's RuntimeDirectory= is under
-                // $XDG_RUNTIME_DIR: the run's directory instead, writable
-                // under ProtectSystem=strict.
-                let run = dir.join("run");
-                std::fs::create_dir_all(&run).unwrap();
-                unit = adapt(
-                    unit,
-                    &what,
-                    "RuntimeDirectory=nginx-fdstore\n",
-                    &format!(
-                        "RuntimeDirectory=nginx-fdstore\nReadWritePaths={}\n",
-                        run.display()
-                    ),
-                );
                 text = adapt(text, what, "/run/nginx-fdstore", &run.display().to_string());
                 std::fs::create_dir_all(dir.join("www")).unwrap();
                 std::fs::write(&config, &text).unwrap();
