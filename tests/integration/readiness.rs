@@ -729,6 +729,45 @@ fn pauses_for_a_program_that_never_accepts_are_bounded_and_end(sd: &Systemd) {
     assert!(ms <= total + 0.05, "{summary}");
 }
 
+/// A stop while the old program is being paused again and again: the old
+/// program is continued before it is told to stop, so it stops by itself
+/// (a program left stopped would wait for the stop timeout and SIGKILL: the
+/// manager continues the main process, fdstore-exec, not its program).
+fn a_stop_during_pauses_stops_the_old_program_cleanly(sd: &Systemd) {
+    let (_port, app) = start_app(
+        sd,
+        "receive serve-exclusive web",
+        "--ready accept --ready-timeout 20s",
+        "TimeoutStopSec=15\n",
+    );
+    app.version("receive hold-exclusive web");
+    sd.ok(&["reload", "--no-block", "app.service"]);
+    wait_for(
+        "the new generation to ask for pauses",
+        Duration::from_secs(20),
+        || {
+            sd.journal()
+                .contains("its probes wait for the old generation's program to be paused")
+                .then_some(())
+        },
+    );
+    let t = Instant::now();
+    sd.ok(&["stop", "app.service"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert_eq!(sd.show("app.service", "ActiveState"), "inactive");
+    assert_eq!(sd.show("app.service", "Result"), "success");
+    let starts = app.starts();
+    assert_eq!(starts.len(), 2);
+    assert!(
+        !report_lines(&app.report, "stopped").is_empty(),
+        "the old program handled the stop itself"
+    );
+    for pid in &starts {
+        wait_gone(pid);
+    }
+}
+
 on_each_systemd!(
     every_mode_refuses_a_new_version_that_never_accepts,
     unproven_is_the_only_way_to_go_without_the_proof,
@@ -744,4 +783,5 @@ on_each_systemd!(
     accept_proves_a_program_woken_alone_without_load,
     accept_proves_a_program_woken_alone_under_load,
     pauses_for_a_program_that_never_accepts_are_bounded_and_end,
+    a_stop_during_pauses_stops_the_old_program_cleanly,
 );
