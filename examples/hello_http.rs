@@ -28,8 +28,9 @@
 //!   no-op reload for that unit type.
 //! - `--wait poll` (the default) or `--wait exclusive`: how it waits for a
 //!   connection: `poll(2)`, which wakes every generation waiting on the
-//!   shared listener for each connection (as tokio and Go do), or `epoll`
-//!   with `EPOLLEXCLUSIVE`, which wakes one (as nginx does; fdstore-exec's
+//!   shared listener for each connection (as the `epoll` of tokio and Go,
+//!   without `EPOLLEXCLUSIVE`, does), or `epoll` with `EPOLLEXCLUSIVE`,
+//!   which wakes one (as nginx does; fdstore-exec's
 //!   accept proof then pauses the old generation for its probes). Both also
 //!   try an accept at every tick, so that a wake-up taken by a generation
 //!   that began to drain does not leave a connection waiting.
@@ -146,8 +147,9 @@ fn main() {
     let health = option("--health-status").unwrap_or(200) as u16;
     let body = Arc::new(format!("{greeting} (pid {})\n", std::process::id()));
     let open = Arc::new(AtomicUsize::new(0));
-    // Before READY=1: a program that waits with EPOLLEXCLUSIVE is seen to
-    // by fdstore-exec's accept proof from its registration.
+    // Registered before READY=1: fdstore-exec's accept proof sees the
+    // program wait with EPOLLEXCLUSIVE from then on, and pauses the old
+    // generation for the probes that follow.
     let set = exclusive.then(|| exclusive_set(&listener));
     let _ = notifier.notify(&[
         Notification::Ready,
