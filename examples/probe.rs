@@ -20,6 +20,7 @@
 //! | `serve-unix NAME` | the same on the received Unix stream listener NAME |
 //! | `hold-exclusive NAME` | register the received TCP listener NAME in an `epoll` set with `EPOLLEXCLUSIVE`, and never accept (a program stuck before its loop) |
 //! | `serve-exclusive NAME` | `serve`, waiting with `epoll` and `EPOLLEXCLUSIVE` (as nginx does): woken alone, first in the listener's queue |
+//! | `flags NAME` | `flags NAME nonblocking` or `flags NAME blocking`: `O_NONBLOCK` of the received listener NAME (before any `serve`, which sets it) |
 //! | `close NAME` | close the received listener NAME, report `closed NAME` |
 //! | `exit CODE` | exit at once with CODE |
 //! | `exit-once FILE CODE` | the first time (FILE absent): create FILE, exit with CODE; later: nothing |
@@ -199,6 +200,20 @@ fn main() {
                 let listener = fds.unix_listener(&name).expect("Unix listener to serve");
                 servers.push(std::thread::spawn(move || serve_unix(listener, Wait::Poll)));
                 report.line(format!("serving {name}"));
+            }
+            "flags" => {
+                let name = arg();
+                let fd = fds
+                    .iter()
+                    .find(|fd| fd.name() == name)
+                    .expect("listener to look at");
+                let flags = rustix::fs::fcntl_getfl(fd).expect("F_GETFL");
+                let word = if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+                    "nonblocking"
+                } else {
+                    "blocking"
+                };
+                report.line(format!("flags {name} {word}"));
             }
             "close" => {
                 let name = arg();

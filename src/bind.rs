@@ -169,7 +169,17 @@ impl ListenerSpec {
                 fd
             }
         };
+        if self.options().nonblocking {
+            self.make_nonblocking(&fd)?;
+        }
         Ok(NamedFd::new(self.name(), fd))
+    }
+
+    /// Sets `O_NONBLOCK` on `fd` (created from this spec, or passed under
+    /// its name) for the `nonblocking` option. The flag belongs to the open
+    /// file description, which every generation shares.
+    pub(crate) fn make_nonblocking(&self, fd: impl std::os::fd::AsFd) -> Result<(), BindError> {
+        rustix::io::ioctl_fionbio(fd, true).map_err(|e| self.fail("setting O_NONBLOCK", e.into()))
     }
 
     fn fail(&self, action: &str, source: io::Error) -> BindError {

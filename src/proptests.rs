@@ -53,6 +53,7 @@ fn spec_text() -> impl Strategy<Value = String> {
         Just("reuseport".to_owned()),
         Just("v6only".to_owned()),
         Just("freebind".to_owned()),
+        Just("nonblocking".to_owned()),
         (0u32..0o10000).prop_map(|m| format!("mode={m:04o}")),
         Just("owner=root".to_owned()),
         Just("group=0".to_owned()),

@@ -10,6 +10,7 @@
 //!          | "v6only"                                    ; tcp, udp on an IPv6 address
 //!          | "mode=" octal                               ; unix on a path
 //!          | "owner=" user | "group=" group              ; unix on a path (name or number)
+//!          | "nonblocking"                               ; any: O_NONBLOCK, as systemd's NonBlocking=
 //! ```
 //!
 //! The name follows systemd's `FDNAME=` rules (1–255 printable ASCII
@@ -109,6 +110,13 @@ pub struct Options {
     pub owner: Option<String>,
     /// The group of a Unix socket file (a group name or number).
     pub group: Option<String>,
+    /// `O_NONBLOCK` on the socket (systemd's `NonBlocking=`), for programs
+    /// that take a listener as it is and accept without waiting for it to
+    /// be readable (nginx does with a socket it inherits). Set when the
+    /// listener is created and on a passed one whose spec says so; never
+    /// cleared, since every generation shares the flag (clearing it under a
+    /// draining program that relies on it would block it in `accept`).
+    pub nonblocking: bool,
 }
 
 /// A parsed `NAME=KIND:ADDRESS[,OPTION]...` listener spec.
@@ -209,6 +217,7 @@ impl fmt::Display for ListenerSpec {
             (o.reuseport, "reuseport"),
             (o.freebind, "freebind"),
             (o.v6only, "v6only"),
+            (o.nonblocking, "nonblocking"),
         ] {
             if set {
                 write!(f, ",{word}")?;
@@ -463,6 +472,7 @@ impl Parser<'_> {
                     }
                 }
             }
+            "nonblocking" => options.nonblocking = flag(value)?,
             "owner" | "group" => {
                 if !matches!(endpoint, Endpoint::Path(_)) {
                     return Err(only_for("Unix sockets on a path"));
@@ -480,7 +490,7 @@ impl Parser<'_> {
             _ => {
                 return Err(self.error(
                     option,
-                    "unknown option; known: backlog=N, reuseport, freebind, v6only, mode=OCTAL, owner=USER, group=GROUP (a ',' cannot appear in a path)",
+                    "unknown option; known: backlog=N, reuseport, freebind, v6only, nonblocking, mode=OCTAL, owner=USER, group=GROUP (a ',' cannot appear in a path)",
                     example,
                 ))
             }
@@ -535,11 +545,28 @@ mod tests {
     }
 
     #[test]
+    fn nonblocking_applies_to_every_kind_and_takes_no_value() {
+        for s in [
+            "w=tcp:127.0.0.1:80,nonblocking",
+            "d=udp:127.0.0.1:53,nonblocking",
+            "a=unix:@a,nonblocking",
+            "l=unix-dgram:/run/l.sock,nonblocking",
+        ] {
+            assert!(ok(s).options().nonblocking, "{s}");
+        }
+        assert!(!ok("w=tcp:127.0.0.1:80").options().nonblocking);
+        let e = err("w=tcp:127.0.0.1:80,nonblocking=1");
+        assert!(e.to_string().contains("takes no value"), "{e}");
+    }
+
+    #[test]
     fn display_round_trips() {
         for s in [
             "web=tcp:127.0.0.1:8080",
             "web=tcp:[::]:8080,backlog=1024,reuseport,freebind,v6only",
+            "web=tcp:[::]:8080,backlog=1024,v6only,nonblocking",
             "api=unix:/run/a.sock,backlog=5,mode=0600,owner=www-data,group=www-data",
+            "api=unix:/run/a.sock,nonblocking,mode=0600",
             "c=unix:@ctl",
             "d=udp:[::1]:53,reuseport",
         ] {

@@ -49,6 +49,34 @@ fn tcp_listener_is_listening_and_cloexec() {
     assert!(listener.accept().is_ok());
 }
 
+/// Whether `fd`'s open file description has `O_NONBLOCK`.
+fn nonblocking(fd: impl std::os::fd::AsFd) -> bool {
+    rustix::fs::fcntl_getfl(fd)
+        .unwrap()
+        .contains(rustix::fs::OFlags::NONBLOCK)
+}
+
+#[test]
+fn nonblocking_is_set_only_when_asked() {
+    let port = free_port();
+    let plain = spec(&format!("w=tcp:127.0.0.1:{port}")).bind().unwrap();
+    assert!(!nonblocking(&plain));
+    drop(plain);
+    let fd = spec(&format!("w=tcp:127.0.0.1:{port},nonblocking"))
+        .bind()
+        .unwrap();
+    assert!(nonblocking(&fd));
+    // An accept with nothing queued returns at once.
+    let listener = std::net::TcpListener::from(fd.into_fd());
+    let e = listener.accept().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    let abstract_name = format!("fdstore-nb-{}", std::process::id());
+    let unix = spec(&format!("u=unix:@{abstract_name},nonblocking"))
+        .bind()
+        .unwrap();
+    assert!(nonblocking(&unix));
+}
+
 #[test]
 fn ipv6_v6only_and_reuseport_are_applied() {
     let port = free_port();

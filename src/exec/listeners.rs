@@ -104,6 +104,13 @@ pub(crate) fn gather(
                 continue;
             }
             Some(spec) => {
+                // Set, never cleared: the flag is shared with the other
+                // generations, and a draining program may rely on it.
+                if spec.options().nonblocking {
+                    if let Err(e) = spec.make_nonblocking(&fd) {
+                        warn!(name = fd.name(), "{e}");
+                    }
+                }
                 if let Some(problem) = spec.mismatch(&fd) {
                     if !is_main {
                         return Err(fail(

@@ -399,6 +399,51 @@ fn reload_by_signal(sd: &Systemd) {
     assert!(!sd.journal().contains("not our child"));
 }
 
+/// `nonblocking` sets O_NONBLOCK on a listener fdstore-exec creates, and on
+/// one a later generation receives whose spec gained it (the flag belongs to
+/// the socket's open file description, so the old generation sees it too);
+/// a spec without it leaves it as it is.
+fn the_nonblocking_option_sets_o_nonblock_on_created_and_passed_listeners(sd: &Systemd) {
+    let (web, admin) = (free_port(), free_port());
+    let app = App::new(sd);
+    let file = sd.path("listeners");
+    std::fs::write(
+        &file,
+        format!("web=tcp:127.0.0.1:{web},nonblocking\nadmin=tcp:127.0.0.1:{admin}\n"),
+    )
+    .unwrap();
+    // `flags` before `serve`, which makes a listener non-blocking itself;
+    // admin is never served (so never made non-blocking by the program),
+    // hence unproven.
+    app.version("receive flags web flags admin serve web ready");
+    sd.install(&[(
+        "app.service",
+        &unit(
+            &app,
+            &format!(
+                "--listen-file {} --ready notify+unproven:admin",
+                file.display()
+            ),
+            "",
+        ),
+    )]);
+    sd.ok(&["start", "app.service"]);
+    assert_eq!(
+        report_lines(&app.report, "flags "),
+        ["flags web nonblocking", "flags admin blocking"]
+    );
+    std::fs::write(
+        &file,
+        format!("web=tcp:127.0.0.1:{web}\nadmin=tcp:127.0.0.1:{admin},nonblocking\n"),
+    )
+    .unwrap();
+    sd.ok(&["reload", "app.service"]);
+    assert_eq!(
+        report_lines(&app.report, "flags ")[2..],
+        ["flags web nonblocking", "flags admin nonblocking"]
+    );
+}
+
 fn the_listener_file_adds_and_removes_listeners_at_reload(sd: &Systemd) {
     let (web, admin, moved) = (free_port(), free_port(), free_port());
     let app = App::new(sd);
@@ -703,6 +748,7 @@ on_each_systemd!(
     notifications_from_outside_the_unit_are_ignored,
     an_upgraded_fdstore_exec_takes_over_at_the_next_reload,
     the_listener_file_adds_and_removes_listeners_at_reload,
+    the_nonblocking_option_sets_o_nonblock_on_created_and_passed_listeners,
     restart_mode_keeps_listeners_across_systemctl_restart,
     a_crash_after_a_hand_over_restarts_with_the_same_listener,
     three_handovers_under_traffic_then_a_graceful_stop,
