@@ -161,13 +161,12 @@ impl Recipe {
                 std::fs::write(dir.join("fdstore.conf.good"), text).unwrap();
             }
             Server::Nginx => {
-                let socket = adapt(
-                    shipped("nginx.socket"),
-                    "units/nginx.socket",
-                    "ListenStream=[::]:8081",
-                    &format!("ListenStream=127.0.0.1:{port}"),
+                unit = adapt(
+                    unit,
+                    &what,
+                    "tcp:[::]:8081,",
+                    &format!("tcp:127.0.0.1:{port},"),
                 );
-                sd.install(&[("nginx.socket", &socket)]);
                 let config = dir.join("fdstore.conf");
                 unit = adapt(
                     unit,
