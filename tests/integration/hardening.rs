@@ -502,12 +502,33 @@ fn pid_1_of_a_container_refuses_a_reload_and_keeps_serving() {
             .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
         "fdstore-exec is not pid 1 in its namespace"
     );
+    // The program answers before fdstore-exec has its READY=1 and its
+    // accept proof: a SIGHUP before that is refused as "still starting"
+    // (once in six runs under load), and the test would wait in vain.
+    wait_for(
+        "fdstore-exec to see its program ready",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("generation 1 is ready")
+                .then_some(())
+        },
+    );
     let hup = Command::new("kill").args(["-HUP", init]).status().unwrap();
     assert!(hup.success());
-    let said = wait_for("the reload to fail", Duration::from_secs(20), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let said = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.contains("could not start generation").then_some(text)
-    });
+        if text.contains("could not start generation") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not fail within 20 s; fdstore-exec said:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     std::thread::sleep(Duration::from_millis(300));
     let after = answer(port);
     let alive_after = alive(init);
