@@ -78,8 +78,8 @@ impl ListenerSpec {
     /// ```
     pub fn mismatch(&self, fd: impl std::os::fd::AsFd) -> Option<String> {
         let fd = fd.as_fd();
-        let kind = match crate::kind::FdKind::of(fd) {
-            Ok(kind) => kind,
+        let (kind, local) = match crate::sys::socket::kind_and_address(fd) {
+            Ok(found) => found,
             Err(e) => return Some(format!("its kind cannot be read: {e}")),
         };
         let expected = match self.transport() {
@@ -91,9 +91,9 @@ impl ListenerSpec {
         if kind != expected {
             return Some(format!("it is {kind}, not {expected}"));
         }
-        let local = match rustix::net::getsockname(fd) {
-            Ok(addr) => addr,
-            Err(e) => return Some(format!("its address cannot be read: {e}")),
+        // A listener of the expected kind is a socket, so it has an address.
+        let Some(local) = local else {
+            return Some("its address cannot be read".into());
         };
         match self.endpoint() {
             Endpoint::Inet(want) => {

@@ -226,6 +226,12 @@ fn order_key<'a>(name: &'a str, positions: &HashMap<&str, usize>) -> (usize, &'a
 /// longer listens: `shutdown(2)` on a listening socket ends listening for
 /// every process that shares it (`SO_ACCEPTCONN` reads 0 from then on).
 pub(crate) fn no_longer_listening(fd: &NamedFd) -> bool {
+    // Nearly every listener still listens, and one question says so; the
+    // kind (four or five) is asked of the rest. A new main process checks
+    // every listener after each reload.
+    if crate::sys::socket::is_listening(fd).unwrap_or(false) {
+        return false;
+    }
     matches!(
         fd.kind(),
         Ok(FdKind::TcpStream | FdKind::UnixStream | FdKind::UnixSeqpacket)

@@ -3,7 +3,9 @@
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+#[cfg(test)]
+use rustix::io::fcntl_getfd;
+use rustix::io::{fcntl_setfd, FdFlags};
 
 /// Takes ownership of descriptor `raw`, which was inherited across `exec`
 /// under the `LISTEN_FDS` protocol, after checking that it is open, and marks
@@ -23,13 +25,15 @@ unsafe fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: the borrow lives only for the two `fcntl` calls below, which
-    // merely read and set descriptor flags; if `raw` is not open the kernel
-    // answers EBADF and nothing is touched.
+    // SAFETY: the borrow lives only for the `fcntl` call below, which merely
+    // sets the descriptor's flags; if `raw` is not open the kernel answers
+    // EBADF and nothing is touched.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    let flags = fcntl_getfd(borrowed)?;
-    fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC)?;
-    // SAFETY: `raw` is open (F_GETFD succeeded) and the caller guarantees that
+    // Close-on-exec is the only descriptor flag, so it is set without
+    // reading the flags first: one call per descriptor, not two (a reload
+    // with a thousand listeners takes them in two processes).
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+    // SAFETY: `raw` is open (F_SETFD succeeded) and the caller guarantees that
     // nothing else owns it, so the new `OwnedFd` is its sole owner.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
