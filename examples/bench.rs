@@ -27,7 +27,10 @@
 //!
 //! `FDSTORE_BENCH_WAIT=exclusive` runs every scenario's hello_http with
 //! `--wait exclusive` (`epoll` with `EPOLLEXCLUSIVE`, as nginx waits)
-//! instead of `poll`.
+//! instead of `poll`. `FDSTORE_BENCH_RATE=N` paces each client to N
+//! requests per second (latency counted from when a request was due), so
+//! that the machine keeps idle CPU; by default the clients are closed-loop
+//! and keep both cores busy.
 //!
 //! Also measured: reload round trip minus the program's own time to ready,
 //! fdstore-exec's resident memory, its wake-ups while idle, and the time to
@@ -119,6 +122,8 @@ struct Outcome {
     /// pages, shared with every generation.
     max_anon_kib: Option<u64>,
     idle_wakeups: Option<u64>,
+    /// The share of the machine's CPU time in use while the load ran.
+    cpu_busy: Option<f64>,
 }
 
 fn main() {
@@ -132,9 +137,13 @@ fn main() {
     };
 
     let (new_connection, keep_alive) = clients();
+    let pace = match client_interval() {
+        None => "closed-loop".to_owned(),
+        Some(_) => format!("{} requests/s each", client_rate()),
+    };
     println!(
         "fdstore benchmark: {reloads} reloads per scenario, one every {} ms, \
-         {new_connection} new-connection + {keep_alive} keep-alive clients, private systemd {}, \
+         {new_connection} new-connection + {keep_alive} keep-alive clients ({pace}), private systemd {}, \
          hello_http --wait {}\n",
         interval.as_millis(),
         systemd_version().number(),
@@ -260,6 +269,29 @@ fn server_wait() -> &'static str {
             eprintln!("bench: FDSTORE_BENCH_WAIT must be poll or exclusive, got {other:?}");
             std::process::exit(64)
         }
+    }
+}
+
+/// Requests per second per client from `FDSTORE_BENCH_RATE`; 0 (the
+/// default) for closed-loop clients.
+fn client_rate() -> u32 {
+    match std::env::var("FDSTORE_BENCH_RATE") {
+        Err(_) => 0,
+        Ok(n) => n.parse().unwrap_or_else(|_| {
+            eprintln!(
+                "bench: FDSTORE_BENCH_RATE must be requests per second per client, got {n:?}"
+            );
+            std::process::exit(64)
+        }),
+    }
+}
+
+/// The time between two requests of a paced client, or `None` for
+/// closed-loop clients.
+fn client_interval() -> Option<Duration> {
+    match client_rate() {
+        0 => None,
+        rate => Some(Duration::from_secs(1) / rate),
     }
 }
 
@@ -500,14 +532,15 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     let loads = [
         (
             Mode::NewConnection,
-            Load::start(port, Mode::NewConnection, new_connection),
+            Load::start_paced(port, Mode::NewConnection, new_connection, client_interval()),
         ),
         (
             Mode::KeepAlive,
-            Load::start(port, Mode::KeepAlive, keep_alive),
+            Load::start_paced(port, Mode::KeepAlive, keep_alive, client_interval()),
         ),
     ];
     std::thread::sleep(Duration::from_secs(1));
+    let cpu_at_start = cpu_times();
     let mut windows = Vec::new();
     let mut round_trips = Vec::new();
     let mut event_failures = 0;
@@ -578,6 +611,12 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         }
     }
     std::thread::sleep(Duration::from_millis(500));
+    let cpu_busy = match (cpu_at_start, cpu_times()) {
+        (Some((busy0, all0)), Some((busy1, all1))) if all1 > all0 => {
+            Some(busy1.saturating_sub(busy0) as f64 / (all1 - all0) as f64)
+        }
+        _ => None,
+    };
     let reports: Vec<(Mode, LoadReport)> = loads
         .into_iter()
         .map(|(mode, load)| (mode, load.stop()))
@@ -610,7 +649,24 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         max_rss_kib,
         max_anon_kib,
         idle_wakeups,
+        cpu_busy,
     }
+}
+
+/// The machine's CPU time so far, in clock ticks: (busy, all). Busy is all
+/// but idle and I/O wait (`/proc/stat`).
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let all: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((all - idle, all))
 }
 
 fn main_pid(sd: &Systemd) -> Option<u32> {
@@ -957,8 +1013,8 @@ fn print_extras(outcomes: &[Outcome]) {
             .find(|o| o.kind == kind)
             .and_then(|o| median(o.round_trips.clone()))
     };
-    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS (anonymous) | idle wake-ups in 5 s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| scenario | events (failed) | round trip p50 / p99 ms | program ready p50 ms | hand-over p50 / p99 ms | overhead p50 ms | fdstore-exec max RSS (anonymous) | idle wake-ups in 5 s | CPU busy under load |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let or_dash = |d: Option<Duration>| d.map_or("-".into(), ms);
     for o in outcomes {
         let rt50 = median(o.round_trips.clone());
@@ -979,7 +1035,7 @@ fn print_extras(outcomes: &[Outcome]) {
             _ => "-".into(),
         };
         println!(
-            "| {} | {} ({}) | {} / {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} ({}) | {} / {} | {} | {} / {} | {} | {} | {} | {} |",
             o.kind.label(),
             o.events,
             o.event_failures,
@@ -998,6 +1054,8 @@ fn print_extras(outcomes: &[Outcome]) {
                 _ => "-".into(),
             },
             o.idle_wakeups.map_or("-".into(), |w| w.to_string()),
+            o.cpu_busy
+                .map_or("-".into(), |b| format!("{:.0} %", b * 100.0)),
         );
     }
 }

@@ -1,5 +1,6 @@
-//! An HTTP/1.1 load generator for loopback: closed-loop clients that count
-//! every failed request by kind and record latencies.
+//! An HTTP/1.1 load generator for loopback: closed-loop clients (or clients
+//! paced to a fixed rate) that count every failed request by kind and
+//! record latencies.
 //!
 //! Two modes: a new TCP connection per request (shows refused and reset
 //! connections) and keep-alive connections (shows requests lost by a drain
@@ -94,6 +95,15 @@ pub struct Load {
 impl Load {
     /// Starts `clients` closed-loop clients of `mode` against 127.0.0.1:`port`.
     pub fn start(port: u16, mode: Mode, clients: usize) -> Load {
+        Load::start_paced(port, mode, clients, None)
+    }
+
+    /// Like [`Load::start`], with each client sending one request every
+    /// `interval` when one is given (so that the machine keeps idle CPU).
+    /// A paced request's latency counts from when it was due, not from when
+    /// it was sent: a client held up by a stall would otherwise send
+    /// nothing during the stall and hide it (coordinated omission).
+    pub fn start_paced(port: u16, mode: Mode, clients: usize, interval: Option<Duration>) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             counters: Arc::new(Counters::default()),
@@ -102,7 +112,7 @@ impl Load {
         for _ in 0..clients {
             let stop = load.stop.clone();
             let counters = load.counters.clone();
-            let thread = std::thread::spawn(move || client(port, mode, &stop, &counters));
+            let thread = std::thread::spawn(move || client(port, mode, interval, &stop, &counters));
             load.threads.push(thread);
         }
         load
@@ -139,12 +149,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// wrk (support::servers) is given the same bound.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn client(port: u16, mode: Mode, stop: &AtomicBool, counters: &Counters) -> LoadReport {
+fn client(
+    port: u16,
+    mode: Mode,
+    interval: Option<Duration>,
+    stop: &AtomicBool,
+    counters: &Counters,
+) -> LoadReport {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut report = LoadReport::default();
     let mut connection: Option<BufReader<TcpStream>> = None;
+    let mut due = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
+        let started = match interval {
+            None => Instant::now(),
+            Some(interval) => {
+                // The schedule is kept: after a stall the requests that
+                // fell due during it go out at once, each timed from when
+                // it was due, as wrk2 does.
+                let this = due;
+                due += interval;
+                let now = Instant::now();
+                if this > now {
+                    std::thread::sleep(this - now);
+                }
+                this
+            }
+        };
         let result = request(addr, mode, &mut connection);
         match result {
             Ok(body) => {
