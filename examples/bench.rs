@@ -540,7 +540,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         ),
     ];
     std::thread::sleep(Duration::from_secs(1));
-    let cpu_at_start = cpu_times();
+    let cpu_at_start = cpu_idle();
     let mut windows = Vec::new();
     let mut round_trips = Vec::new();
     let mut event_failures = 0;
@@ -611,12 +611,7 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let cpu_busy = match (cpu_at_start, cpu_times()) {
-        (Some((busy0, all0)), Some((busy1, all1))) if all1 > all0 => {
-            Some(busy1.saturating_sub(busy0) as f64 / (all1 - all0) as f64)
-        }
-        _ => None,
-    };
+    let cpu_busy = cpu_busy_between(cpu_at_start, cpu_idle());
     let reports: Vec<(Mode, LoadReport)> = loads
         .into_iter()
         .map(|(mode, load)| (mode, load.stop()))
@@ -653,10 +648,17 @@ fn run_scenario(paths: &Paths, kind: Kind, events: usize, interval: Duration) ->
     }
 }
 
-/// The machine's CPU time so far, in clock ticks: (busy, all). Busy is all
-/// but idle and I/O wait (`/proc/stat`).
-fn cpu_times() -> Option<(u64, u64)> {
+/// The machine's idle CPU time so far (idle and I/O wait, `/proc/stat`),
+/// when it was read, and how many CPUs it counts. Only idle time is measured exactly on a tickless
+/// kernel; busy time is sampled at each tick and misses the many short
+/// bursts of paced clients (it read 5 % busy for a load that kept the
+/// machine a third busy), so the busy share is computed from idle time.
+fn cpu_idle() -> Option<(Duration, Instant, usize)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
     let fields: Vec<u64> = stat
         .lines()
         .next()?
@@ -664,9 +666,25 @@ fn cpu_times() -> Option<(u64, u64)> {
         .skip(1)
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
-    let all: u64 = fields.iter().sum();
-    let idle = fields.get(3)? + fields.get(4)?;
-    Some((all - idle, all))
+    let ticks = fields.get(3)? + fields.get(4)?;
+    let per_second = rustix::param::clock_ticks_per_second();
+    Some((
+        Duration::from_secs_f64(ticks as f64 / per_second as f64),
+        Instant::now(),
+        cpus,
+    ))
+}
+
+/// The share of the machine's CPU time in use between two [`cpu_idle`]
+/// readings.
+fn cpu_busy_between(
+    start: Option<(Duration, Instant, usize)>,
+    end: Option<(Duration, Instant, usize)>,
+) -> Option<f64> {
+    let ((idle0, t0, cpus), (idle1, t1, _)) = (start?, end?);
+    let capacity = (t1 - t0).as_secs_f64() * cpus as f64;
+    let idle = idle1.saturating_sub(idle0).as_secs_f64();
+    (capacity > 0.0).then(|| (1.0 - idle / capacity).clamp(0.0, 1.0))
 }
 
 fn main_pid(sd: &Systemd) -> Option<u32> {
