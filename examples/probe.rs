@@ -20,6 +20,7 @@
 //! | `serve-unix NAME` | the same on the received Unix stream listener NAME |
 //! | `hold-exclusive NAME` | register the received TCP listener NAME in an `epoll` set with `EPOLLEXCLUSIVE`, and never accept (a program stuck before its loop) |
 //! | `serve-exclusive NAME` | `serve`, waiting with `epoll` and `EPOLLEXCLUSIVE` (as nginx does): woken alone, first in the listener's queue |
+//! | `serve-late NAME` | `serve`, each time 5 ms late to `accept` once woken (a program still busy starting): another process woken with it takes every connection |
 //! | `flags NAME` | `flags NAME nonblocking` or `flags NAME blocking`: `O_NONBLOCK` of the received listener NAME (before any `serve`, which sets it) |
 //! | `close NAME` | close the received listener NAME, report `closed NAME` |
 //! | `exit CODE` | exit at once with CODE |
@@ -171,16 +172,16 @@ fn main() {
                 notifier.remove_fds(&name).expect("FDSTOREREMOVE");
                 report.line(format!("removed {name}"));
             }
-            "serve" | "serve-exclusive" => {
+            "serve" | "serve-exclusive" | "serve-late" => {
                 let name = arg();
                 let listeners = match listeners.remove(&name) {
                     Some(l) => vec![l],
                     None => fds.tcp_listeners(&name).expect("listener to serve"),
                 };
-                let wait = if action == "serve" {
-                    Wait::Poll
-                } else {
-                    Wait::Exclusive
+                let wait = match action.as_str() {
+                    "serve" => Wait::Poll,
+                    "serve-late" => Wait::Late,
+                    _ => Wait::Exclusive,
                 };
                 for listener in listeners {
                     servers.push(std::thread::spawn(move || serve(listener, wait)));
@@ -319,6 +320,8 @@ enum Wait {
     /// `epoll` with `EPOLLEXCLUSIVE`: the kernel wakes one waiter, the
     /// first registered that is waiting, which stays first.
     Exclusive,
+    /// `poll(2)`, then 5 ms before `accept`.
+    Late,
 }
 
 /// Answers every connection with one line until STOP is set.
@@ -389,7 +392,7 @@ fn accept_loop<L: AsFd>(
         tv_nsec: 20_000_000,
     };
     let epoll = match wait {
-        Wait::Poll => None,
+        Wait::Poll | Wait::Late => None,
         Wait::Exclusive => Some(exclusive_epoll(listener)),
     };
     while !STOP.load(Ordering::SeqCst) {
@@ -406,6 +409,9 @@ fn accept_loop<L: AsFd>(
         };
         if !woken {
             continue;
+        }
+        if matches!(wait, Wait::Late) {
+            std::thread::sleep(Duration::from_millis(5));
         }
         match accept() {
             Some(mut stream) => {

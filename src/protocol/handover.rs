@@ -33,7 +33,8 @@
 //! the kernel wakes one waiter per connection, the first registered that is
 //! waiting, and that is the idle old generation, registered first, every
 //! time; a stopped process is not waiting, so the wake-up passes to the new
-//! one. The old side bounds every pause ([`PAUSE_MAX`], [`PAUSES_MAX`],
+//! one. It is also for a new program that lost several probes to the old
+//! one, both woken for each connection, the old one quicker to accept. The old side bounds every pause ([`PAUSE_MAX`], [`PAUSES_MAX`],
 //! [`PAUSE_TOTAL`]) and ends it when the new generation is ready, fails or
 //! goes away, whatever the new side says.
 

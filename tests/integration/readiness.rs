@@ -670,6 +670,43 @@ fn accept_proves_a_program_woken_alone_under_load(sd: &Systemd) {
     assert_eq!(answer(port), format!("pid {last}"));
 }
 
+/// A new program that is slow to accept once woken (a program still busy
+/// starting: here 5 ms late each time) loses every probe to an old one that
+/// waits with `poll` too and is woken with it: after a few lost probes the
+/// old program is paused for the next, and the reload succeeds instead of
+/// retrying until its ready timeout. Nothing fails meanwhile.
+fn probes_lost_again_and_again_get_the_old_program_paused(sd: &Systemd) {
+    let (port, app) = start_app(
+        sd,
+        "receive serve web",
+        "--ready accept --ready-timeout 2s",
+        "",
+    );
+    let traffic = Traffic::start(port, 2);
+    app.version("receive serve-late web");
+    let (ok, took) = reload(sd);
+    assert!(
+        ok,
+        "the reload failed after {took:?}; the old program took every probe:\n{}",
+        failures(sd)
+    );
+    let journal = sd.journal();
+    assert!(
+        journal.contains("probes of listener web were taken by another process"),
+        "the new generation says why it asks for pauses:\n{journal}"
+    );
+    assert!(
+        journal.contains("paused the program of generation 1 for the proof of generation 2 "),
+        "the old generation says it paused its program:\n{journal}"
+    );
+    let starts = app.starts();
+    wait_gone(&starts[0]);
+    std::thread::sleep(Duration::from_millis(200));
+    let count = traffic.stop();
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    assert_eq!(answer(port), format!("pid {}", starts[1]));
+}
+
 /// A new program that waits with `EPOLLEXCLUSIVE` but never accepts gets
 /// the old generation paused again and again: each pause is short, their
 /// number is bounded, the reload fails after its ready timeout, and the
@@ -782,6 +819,7 @@ on_each_systemd!(
     a_stop_during_a_slow_check_command_is_prompt,
     accept_proves_a_program_woken_alone_without_load,
     accept_proves_a_program_woken_alone_under_load,
+    probes_lost_again_and_again_get_the_old_program_paused,
     pauses_for_a_program_that_never_accepts_are_bounded_and_end,
     a_stop_during_pauses_stops_the_old_program_cleanly,
 );

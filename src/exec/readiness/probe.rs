@@ -16,8 +16,10 @@
 //! kernel wakes the first such waiter that is waiting: the idle old
 //! generation, registered first, would take every probe. Once a probe was
 //! taken by another process and this generation's tree watches the listener
-//! that way, the listener's next probes are made while the old generation's
-//! program is paused ([`super::pause`]), where the old one takes pauses.
+//! that way, or once several were taken however it waits (the old program
+//! quicker to accept), the listener's next probes are made while the old
+//! generation's program is paused ([`super::pause`]), where the old one
+//! takes pauses.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -163,8 +165,8 @@ pub(crate) struct Target {
     pub(crate) implied: bool,
     /// The listener's inode.
     pub(crate) inode: u64,
-    /// Its probes wait for the old generation to be paused: one was taken
-    /// by another process, and this generation waits for the listener with
+    /// Its probes wait for the old generation to be paused: others took
+    /// several, or one while this generation waits for the listener with
     /// `EPOLLEXCLUSIVE`.
     pub(crate) wants_pause: bool,
     /// A probe was taken by another process since [`Target::take_lost`].
@@ -264,6 +266,11 @@ impl Target {
     /// Whether a probe made under a pause is under way.
     pub(crate) fn probing_paused(&self) -> bool {
         self.attempt.as_ref().is_some_and(|a| a.paused)
+    }
+
+    /// How many of its probes other processes took.
+    pub(crate) fn losses(&self) -> u64 {
+        self.tally.by_others
     }
 
     /// Whether a probe was taken by another process since the last call.
