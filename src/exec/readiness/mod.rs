@@ -78,9 +78,12 @@ const EXCLUSIVE_LOOK_COST: u32 = 20;
 /// old one for every connection, and the quicker of the two accepts: an
 /// old program that is awake and warm can win race after race (the
 /// benchmark without load: 8 in a row in 2 of 360 reloads, 240 ms of
-/// retries), and a new one still busy starting loses every race. Three
-/// losses are the first 7 ms of retries; half of all reloads lose one.
-const LOSSES_BEFORE_PAUSE: u64 = 3;
+/// retries), and a new one still busy starting loses every race. Five
+/// losses are the first 31 ms of retries. A pause stalls the old program's
+/// clients (0.4-1.3 ms each): after three, under paced load, 14 of 60
+/// reloads paused; after five, 1 or 2 of 60, with the hand-over's p99 at
+/// 22-27 ms (40-72 ms without the rule, 14-15 ms after three).
+const LOSSES_BEFORE_PAUSE: u64 = 5;
 
 /// The readiness checks of one generation, in progress.
 pub(crate) struct Readiness {
