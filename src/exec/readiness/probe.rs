@@ -53,12 +53,12 @@ const RETRY_MIN: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 /// How often a probe in the listen queue is looked up, at first; doubles up
 /// to [`LOOK_MAX`], which bounds how late an accepted probe is seen (one
-/// `sock_diag` query per look).
-const LOOK_MIN: Duration = Duration::from_millis(1);
-/// The first look at a probe made while the old generation's program is
-/// paused: every moment of the pause stalls the old program's clients, and
-/// the new program, woken alone, accepts within a fraction of a millisecond.
-const PAUSED_LOOK_MIN: Duration = Duration::from_micros(100);
+/// `sock_diag` query per look, tens of microseconds). The program accepts
+/// within a fraction of a millisecond of the probe, and every moment after
+/// that until the next look is time the reload waits (at 1 ms, the proof
+/// made most reloads a millisecond longer) and, for a probe made while the
+/// old generation's program is paused, time its clients are stalled.
+const LOOK_MIN: Duration = Duration::from_micros(100);
 const LOOK_MAX: Duration = Duration::from_millis(10);
 /// How long an accepted `http:` probe may take to be answered.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -407,7 +407,7 @@ impl Target {
             client,
             phase: Phase::Connecting { since: now },
             next_look: now,
-            look: if paused { PAUSED_LOOK_MIN } else { LOOK_MIN },
+            look: LOOK_MIN,
         })
     }
 
@@ -493,11 +493,7 @@ impl Attempt {
                             }
                         }
                         self.phase = Phase::Queued { since: *since };
-                        self.look = if self.paused {
-                            PAUSED_LOOK_MIN
-                        } else {
-                            LOOK_MIN
-                        };
+                        self.look = LOOK_MIN;
                     }
                     Err(_) => {
                         if let Ok(Err(e)) = sockopt::socket_error(&self.socket) {
