@@ -34,7 +34,8 @@
 //! waiting, and that is the idle old generation, registered first, every
 //! time; a stopped process is not waiting, so the wake-up passes to the new
 //! one. It is also for a new program that lost several probes to the old
-//! one, both woken for each connection, the old one quicker to accept. The old side bounds every pause ([`PAUSE_MAX`], [`PAUSES_MAX`],
+//! one, both woken for each connection, the old one quicker to accept. The
+//! old side bounds every pause ([`PAUSE_MAX`], [`PAUSES_MAX`],
 //! [`PAUSE_TOTAL`]) and ends it when the new generation is ready, fails or
 //! goes away, whatever the new side says.
 

@@ -281,6 +281,11 @@ impl Readiness {
         self.started = started;
     }
 
+    /// Whether the program sent `READY=1` already.
+    pub(crate) fn notified(&self) -> bool {
+        self.notified
+    }
+
     /// The program sent `READY=1`.
     pub(crate) fn on_notify(&mut self) {
         self.notified = true;
